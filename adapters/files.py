@@ -1,0 +1,78 @@
+"""Files in and out: message files for replay, JSON Lines for canonical events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from gateway.decide import Result
+from gateway.model import RawMessage
+from gateway.ports import OutboxRow
+
+
+class InputError(Exception):
+    """An input path that cannot be read."""
+
+
+def list_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given; a directory's `*.xml` in file-name order (which is arrival order)."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix == ".xml" and p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"input {str(path)!r} is neither a file nor a directory")
+    return files
+
+
+class FileDelivery:
+    """A message read from a file; settling it has nothing to acknowledge."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            body = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
+        self.raw = RawMessage(body, f"file:{path.name}", dt.datetime.now(dt.UTC))
+
+    async def settle(self, result: Result) -> None:
+        return None
+
+
+def read_batches(files: Sequence[Path], size: int) -> Iterator[list[FileDelivery]]:
+    for start in range(0, len(files), size):
+        yield [FileDelivery(path) for path in files[start : start + size]]
+
+
+class JsonlSink:
+    """Canonical events as JSON Lines to a file (or stdout for `-`)."""
+
+    def __init__(self, target: str, name: str = "jsonl") -> None:
+        self.name = name
+        self.target = target
+        self._stream: IO[bytes] | None = None
+
+    def open(self, truncate: bool) -> None:
+        if self.target == "-":
+            self._stream = sys.stdout.buffer
+            return
+        path = Path(self.target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+        self._stream = os.fdopen(os.open(path, flags, 0o600), "wb")
+
+    async def send(self, rows: Sequence[OutboxRow]) -> None:
+        assert self._stream is not None, "open() first"  # noqa: S101 - programming error
+        self._stream.write(b"".join(row.body + b"\n" for row in rows))
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._stream is not None and self.target != "-":
+            self._stream.close()
+        self._stream = None

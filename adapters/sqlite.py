@@ -1,0 +1,365 @@
+"""The durable store: SQLite in WAL mode through aiosqlite.
+
+One transaction per batch (group commit) holds every outcome of the batch: message ids, events,
+links, the outbox of canonical events and the quarantine. Sources are acknowledged only after it
+commits; sinks are fed from the outbox, each with its own progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+import msgspec
+
+from gateway import canonical
+from gateway.correlate import CorrelationState, Effects, EventRecord, Link
+from gateway.decide import BatchKeys, Prepared, Result
+from gateway.model import Outcome
+from gateway.ports import OutboxRow
+
+SCHEMA_VERSION: Final = 1
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    occurred_alt INTEGER,
+    legacy_case_id TEXT,
+    case_number TEXT,
+    cpr TEXT NOT NULL,
+    versions INTEGER NOT NULL,
+    first_version TEXT NOT NULL,
+    event_ref TEXT,
+    first_seen INTEGER NOT NULL,
+    other_seen INTEGER,
+    municipality_code TEXT,
+    accepted_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_legacy ON events (legacy_case_id)
+    WHERE legacy_case_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_number ON events (case_number) WHERE case_number IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_ref ON events (event_ref) WHERE event_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_cpr ON events (cpr);
+CREATE INDEX IF NOT EXISTS events_accepted ON events (accepted_at);
+CREATE TABLE IF NOT EXISTS messages (
+    message_key TEXT PRIMARY KEY,
+    outcome TEXT NOT NULL,
+    event_id TEXT,
+    version TEXT,
+    received_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    legacy_case_id TEXT PRIMARY KEY,
+    case_number TEXT NOT NULL UNIQUE,
+    cpr TEXT NOT NULL,
+    method TEXT NOT NULL,
+    learned_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    municipality_code TEXT,
+    category TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_progress (sink TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    message_key TEXT NOT NULL,
+    version TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT,
+    source TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at);
+"""
+
+EVENT_COLUMNS: Final = tuple(EventRecord.__struct_fields__)
+_SELECT_EVENTS: Final = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the original error is chained."""
+
+
+class QuarantineRow(msgspec.Struct, frozen=True):
+    id: int
+    message_key: str
+    version: str | None
+    reason: str
+    detail: str | None
+    source: str
+    received_at: int
+    body: bytes
+
+
+def _create_private(path: Path) -> None:
+    """Create the store file (and its WAL companions) readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(name, 0o600)
+
+
+def _placeholders(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+class Store:
+    """The SQLite store. Open with `await Store.open(path)`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Store:
+        path = Path(path)
+        try:
+            _create_private(path)
+            conn = await aiosqlite.connect(path, isolation_level=None)
+            # WAL + synchronous=FULL: one fsync per batch commit, so an acknowledged message
+            # survives a power loss too; never one fsync per message.
+            await conn.executescript(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"
+                "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
+            )
+            await conn.executescript(SCHEMA)
+            await conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except (OSError, aiosqlite.Error) as exc:
+            raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
+        return cls(conn, path)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- deciding a batch -------------------------------------------------------------------
+
+    async def load_state(self, keys: BatchKeys) -> CorrelationState:
+        """Everything the batch's decisions may depend on, and nothing else."""
+        state = CorrelationState()
+        state.messages = await self._known_messages(keys.message_keys)
+        legacy_ids, numbers = set(keys.legacy_case_ids), set(keys.case_numbers)
+        for link in await self._links(legacy_ids, numbers):
+            state.add_link(link)
+            legacy_ids.add(link.legacy_case_id)
+            numbers.add(link.case_number)
+        for record in await self._events(keys, legacy_ids, numbers):
+            state.add_event(record)
+        # Fuzzy matching asks whether a candidate's ids are linked: load those links too.
+        extra_legacy = {r.legacy_case_id for r in state.events.values()} - legacy_ids
+        extra_numbers = {r.case_number for r in state.events.values()} - numbers
+        extra_legacy.discard(None)
+        extra_numbers.discard(None)
+        for link in await self._links(extra_legacy, extra_numbers):  # type: ignore[arg-type]
+            state.add_link(link)
+        return state
+
+    async def _known_messages(self, message_keys: set[str]) -> set[str]:
+        found: set[str] = set()
+        keys = list(message_keys)
+        for start in range(0, len(keys), 5000):
+            chunk = keys[start : start + 5000]
+            rows = await self._conn.execute_fetchall(
+                f"SELECT message_key FROM messages WHERE message_key IN ({_placeholders(chunk)})",
+                chunk,
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    async def _links(self, legacy_ids: set[str], numbers: set[str]) -> list[Link]:
+        if not legacy_ids and not numbers:
+            return []
+        legacy, number = list(legacy_ids), list(numbers)
+        rows = await self._conn.execute_fetchall(
+            "SELECT legacy_case_id, case_number, cpr, method FROM links "
+            f"WHERE legacy_case_id IN ({_placeholders(legacy)}) "
+            f"OR case_number IN ({_placeholders(number)})",
+            [*legacy, *number],
+        )
+        return [Link(*row) for row in rows]
+
+    async def _events(
+        self, keys: BatchKeys, legacy_ids: set[str], numbers: set[str]
+    ) -> list[EventRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, values in (
+            ("legacy_case_id", legacy_ids),
+            ("case_number", numbers),
+            ("event_ref", keys.event_refs),
+            ("cpr", keys.cprs),
+        ):
+            if values:
+                where = f"{column} IN ({_placeholders(list(values))})"
+                clauses.append(f"{_SELECT_EVENTS} WHERE {where}")
+                params.extend(values)
+        if not clauses:
+            return []
+        rows = await self._conn.execute_fetchall(" UNION ".join(clauses), params)
+        return [EventRecord(*row) for row in rows]
+
+    async def commit(
+        self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects
+    ) -> None:
+        """Every outcome of the batch in one transaction."""
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            await self._write(batch, results, effects, now)
+            await self._conn.execute("COMMIT")
+        except aiosqlite.Error as exc:
+            if self._conn.in_transaction:
+                await self._conn.execute("ROLLBACK")
+            raise StoreError(f"cannot commit batch: {exc}") from exc
+
+    async def _write(
+        self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects, now: int
+    ) -> None:
+        conn = self._conn
+        await conn.executemany(
+            "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
+            [
+                (r.key, r.outcome.value, r.event_id, r.version, int(p.raw.received_at.timestamp()))
+                for p, r in zip(batch, results, strict=True)
+            ],
+        )
+        await conn.executemany(
+            "INSERT INTO quarantine (message_key, version, reason, detail, source, received_at,"
+            " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.key, r.version, r.reason, r.detail, p.raw.source,
+                 int(p.raw.received_at.timestamp()), p.raw.body)
+                for p, r in zip(batch, results, strict=True)
+                if r.outcome is Outcome.QUARANTINED
+            ],
+        )
+        await conn.executemany(
+            f"INSERT INTO events ({', '.join(EVENT_COLUMNS[:-1])}, accepted_at) "
+            f"VALUES ({_placeholders(EVENT_COLUMNS)})",
+            [(*msgspec.structs.astuple(r)[:-1], now) for r in effects.new_events.values()],
+        )
+        await conn.executemany(
+            "UPDATE events SET versions = ?, other_seen = ?, legacy_case_id = ?, case_number = ?,"
+            " event_ref = ? WHERE event_id = ?",
+            [
+                (r.versions, r.other_seen, r.legacy_case_id, r.case_number, r.event_ref, r.event_id)
+                for r in effects.updated_events.values()
+            ],
+        )
+        await conn.executemany(
+            "INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
+            [(*msgspec.structs.astuple(link), now) for link in effects.new_links],
+        )
+        await conn.executemany(
+            "INSERT INTO outbox (event_id, municipality_code, category, event_type, body,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (e.event_id, e.person.municipality_code, e.category, e.event_type,
+                 canonical.encode(e), now)
+                for e in effects.output
+            ],
+        )
+
+    # --- relaying the outbox ----------------------------------------------------------------
+
+    async def sink_progress(self, sink: str) -> int | None:
+        rows = list(await self._conn.execute_fetchall(
+            "SELECT last_seq FROM sink_progress WHERE sink = ?", (sink,)
+        ))
+        return int(rows[0][0]) if rows else None
+
+    async def register_sink(self, sink: str, start: int = 0) -> None:
+        await self._conn.execute(
+            "INSERT OR IGNORE INTO sink_progress VALUES (?, ?)", (sink, start)
+        )
+
+    async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT seq, event_id, municipality_code, category, event_type, body FROM outbox"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [OutboxRow(*row) for row in rows]
+
+    async def mark_sent(self, sink: str, seq: int) -> None:
+        await self._conn.execute(
+            "UPDATE sink_progress SET last_seq = ? WHERE sink = ? AND last_seq < ?",
+            (seq, sink, seq),
+        )
+
+    async def outbox_end(self) -> int:
+        rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM outbox"))
+        return int(rows[0][0])
+
+    # --- operators --------------------------------------------------------------------------
+
+    async def overlap(self) -> dict[str, int]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT versions, COUNT(*) FROM events GROUP BY versions"
+        )
+        by_bits = {int(bits): int(count) for bits, count in rows}
+        return {"both": by_bits.get(3, 0), "only_2_2": by_bits.get(1, 0),
+                "only_3_0": by_bits.get(2, 0)}
+
+    async def quarantined(self, ids: Iterable[int] | None = None) -> list[QuarantineRow]:
+        query = "SELECT id, message_key, version, reason, detail, source, received_at, body" \
+                " FROM quarantine"
+        params: list[int] = []
+        if ids is not None:
+            params = list(ids)
+            query += f" WHERE id IN ({_placeholders(params)})"
+        rows = await self._conn.execute_fetchall(query + " ORDER BY id", params)
+        return [QuarantineRow(*row) for row in rows]
+
+    async def release_quarantined(self, rows: Sequence[QuarantineRow]) -> None:
+        """Forget quarantined messages so that they can be decided again."""
+        await self._conn.execute("BEGIN IMMEDIATE")
+        await self._conn.executemany(
+            "DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
+            [(row.message_key,) for row in rows],
+        )
+        await self._conn.executemany(
+            "DELETE FROM quarantine WHERE id = ?", [(row.id,) for row in rows]
+        )
+        await self._conn.execute("COMMIT")
+
+    async def purge(self, retention_days: int, now: dt.datetime | None = None) -> dict[str, int]:
+        """Delete what is older than the retention period; the outbox only once relayed."""
+        cutoff = int(((now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days))
+                     .timestamp())
+        deleted: dict[str, int] = {}
+        await self._conn.execute("BEGIN IMMEDIATE")
+        for table, column in (("events", "accepted_at"), ("messages", "received_at"),
+                              ("quarantine", "received_at"), ("links", "learned_at")):
+            cursor = await self._conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,))
+            deleted[table] = cursor.rowcount
+        cursor = await self._conn.execute(
+            "DELETE FROM outbox WHERE created_at < ? AND seq <= "
+            "(SELECT COALESCE(MIN(last_seq), 0) FROM sink_progress)",
+            (cutoff,),
+        )
+        deleted["outbox"] = cursor.rowcount
+        await self._conn.execute("COMMIT")
+        return deleted

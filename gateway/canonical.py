@@ -1,0 +1,105 @@
+"""Building the canonical event (spec part 7) and its deterministic id."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from gateway.model import (
+    CanonicalEvent,
+    CaseRef,
+    MatchMethod,
+    ParsedEvent,
+    Person,
+    Provenance,
+)
+
+if TYPE_CHECKING:
+    from gateway.correlate import Link
+
+# Fixed forever: changing it changes every event id downstream systems have stored.
+EVENT_ID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:aes-gateway:case-event")
+
+CASE_LINKED: Final = "case_linked"
+CASE_LINK_CATEGORY: Final = "case_link"
+
+_encoder = msgspec.json.Encoder()
+
+
+def event_id(identity: str) -> str:
+    """UUIDv5 of the first accepted message's event identity."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, identity))
+
+
+def _provenance(
+    event: ParsedEvent, received_at: dt.datetime, match: MatchMethod | None
+) -> Provenance:
+    return Provenance(
+        first_version=event.version.value,
+        versions_seen=[event.version.value],
+        message_ids={event.version.value: event.message_id},
+        received_at=received_at.astimezone(dt.UTC).replace(microsecond=0),
+        match=match.value if match else "none",
+    )
+
+
+def case_event(
+    event: ParsedEvent,
+    new_event_id: str,
+    received_at: dt.datetime,
+    legacy_case_id: str | None,
+    case_number: str | None,
+    match: MatchMethod | None,
+) -> CanonicalEvent:
+    """The canonical form of a newly accepted event; case ids include any known link."""
+    return CanonicalEvent(
+        event_id=new_event_id,
+        event_type=event.event_type,
+        category=event.category,
+        occurred_at=event.occurred_at,
+        case=CaseRef(
+            case_number=case_number,
+            legacy_case_id=legacy_case_id,
+            case_kind=event.case_kind,
+            injury_date=event.injury_date,
+        ),
+        person=Person(cpr=event.cpr, municipality_code=event.municipality_code),
+        decision_date=event.decision_date,
+        certificate=event.certificate,
+        description=event.description,
+        provenance=_provenance(event, received_at, match),
+    )
+
+
+def link_event(
+    link: Link, event: ParsedEvent, occurred_at: dt.datetime, received_at: dt.datetime
+) -> CanonicalEvent:
+    """`case_linked`: tells downstream systems that an old and a new case id are one case."""
+    return CanonicalEvent(
+        event_id=event_id(f"link:{link.legacy_case_id}:{link.case_number}"),
+        event_type=CASE_LINKED,
+        category=CASE_LINK_CATEGORY,
+        occurred_at=occurred_at,
+        case=CaseRef(
+            case_number=link.case_number,
+            legacy_case_id=link.legacy_case_id,
+            case_kind=event.case_kind,
+            injury_date=event.injury_date,
+        ),
+        person=Person(cpr=link.cpr, municipality_code=event.municipality_code),
+        decision_date=None,
+        certificate=None,
+        description=f"Tidligere sag {link.legacy_case_id} er sag {link.case_number}",
+        provenance=_provenance(event, received_at, MatchMethod(link.method)),
+    )
+
+
+def encode(event: CanonicalEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def json_schema() -> dict[str, object]:
+    return msgspec.json.schema(CanonicalEvent)

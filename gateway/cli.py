@@ -1,0 +1,199 @@
+"""Command line: argv -> wiring -> asyncio.run. Exit 0 on success, 2 on usage or I/O errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from adapters.files import InputError, JsonlSink, list_inputs, read_batches
+from adapters.sqlite import Store, StoreError
+from gateway import canonical, logs
+from gateway.replay import replay
+from gateway.simulate import simulate
+
+DEFAULT_BATCH = 500
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aes-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("replay", help="decide message files into a store and emit JSON Lines")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    p.add_argument("--store", type=Path, help="store file (default: a temporary store)")
+    p.add_argument("--output", default="-", help="JSON Lines output, '-' for stdout")
+    p.add_argument("--summary", help="write the summary JSON here ('-' for stdout)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--tolerance", type=int, default=120, help="match tolerance in seconds")
+
+    sub.add_parser("schema", help="print the JSON Schema of the canonical event")
+
+    p = sub.add_parser("simulate", help="write simulated transition traffic and an answer key")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--cases", type=int, required=True)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--bad-share", type=float, default=0.03)
+
+    p = sub.add_parser("quarantine", help="list, show or replay quarantined messages")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--output", default="-", help="replay: JSON Lines output")
+
+    p = sub.add_parser("demo", help="simulate, replay and show the overlap report")
+    p.add_argument("--cases", type=int, default=300)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--workdir", type=Path, default=Path(".demo"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logs.setup()
+    args = _parser().parse_args(argv)
+    try:
+        return int(asyncio.run(_dispatch(args)) or 0)
+    except (UsageError, InputError, StoreError, OSError) as exc:
+        print(f"aes-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "replay":
+        return await _replay(args)
+    if command == "schema":
+        print(json.dumps(canonical.json_schema(), indent=2))
+        return 0
+    if command == "simulate":
+        _simulate(args.outdir, args.cases, args.seed, args.bad_share)
+        return 0
+    if command == "quarantine":
+        return await _quarantine(args)
+    from gateway.demo import demo  # only the demo needs it
+
+    return await demo(args.workdir, args.cases, args.seed)
+
+
+def _write_json(target: str, data: object) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text, encoding="utf-8")
+
+
+class _ProgressBar:
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int) -> None:
+        if self.enabled:
+            width = 40
+            filled = width * done // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+async def run_replay(
+    inputs: Sequence[Path], store_path: Path, output: str, batch_size: int = DEFAULT_BATCH,
+    tolerance_s: int = 120,
+) -> dict[str, object]:
+    """Replay files into the store at `store_path`; returns the summary."""
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    files = list_inputs(inputs)
+    async with await Store.open(store_path) as store:
+        sink = JsonlSink(output, name="replay-output")
+        # A sink new to this store starts a new file; a resumed one continues its file.
+        sink.open(truncate=await store.sink_progress(sink.name) is None)
+        bar = _ProgressBar(len(files))
+        try:
+            tally = await replay(read_batches(files, batch_size), store, sink, tolerance_s, bar)
+        finally:
+            bar.close()
+            sink.close()
+        return {**tally.summary(), "overlap": await store.overlap()}
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="aes-gateway-") as tmp:
+        store_path = args.store or Path(tmp) / "replay.db"
+        summary = await run_replay(args.inputs, store_path, args.output, args.batch_size,
+                                   args.tolerance)
+    if args.summary:
+        _write_json(args.summary, summary)
+    return 0
+
+
+def _simulate(outdir: Path, cases: int, seed: int, bad_share: float) -> dict[str, object]:
+    if cases < 1:
+        raise UsageError("--cases must be at least 1")
+    sim = simulate(cases, seed, bad_share)
+    outdir.mkdir(parents=True, exist_ok=True)
+    width = len(str(len(sim.messages)))
+    for old in outdir.glob("*.xml"):
+        old.unlink()
+    for index, message in enumerate(sim.messages, start=1):
+        (outdir / f"{index:0{max(width, 6)}d}.xml").write_bytes(message.body)
+    key = sim.answer_key()
+    _write_json(str(outdir / "answer-key.json"), key)
+    return key
+
+
+async def _quarantine(args: argparse.Namespace) -> int:
+    async with await Store.open(args.store) as store:
+        if args.action == "list":
+            for row in await store.quarantined():
+                print(json.dumps({"id": row.id, "message_key": row.message_key,
+                                  "version": row.version, "reason": row.reason,
+                                  "detail": row.detail, "source": row.source}))
+            return 0
+        if args.action == "show":
+            if args.id is None:
+                raise UsageError("quarantine show needs an ID")
+            rows = await store.quarantined([args.id])
+            if not rows:
+                raise UsageError(f"no quarantined message with id {args.id}")
+            row = rows[0]
+            print(json.dumps({**msgspec.to_builtins(row), "body": None}, indent=2))
+            sys.stdout.write(logs.mask(row.body.decode("utf-8", "replace")) + "\n")
+            return 0
+        rows = await store.quarantined(None if args.id is None else [args.id])
+        await store.release_quarantined(rows)
+    summary = await _replay_bodies(args.store, [r.body for r in rows], args.output)
+    _write_json("-", summary)
+    return 0
+
+
+async def _replay_bodies(store_path: Path, bodies: list[bytes], output: str) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="aes-gateway-q-") as tmp:
+        paths = []
+        for index, body in enumerate(bodies):
+            path = Path(tmp) / f"{index:08d}.xml"
+            path.write_bytes(body)
+            paths.append(path)
+        if not paths:
+            return {"messages": 0}
+        return await run_replay(paths, store_path, output)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

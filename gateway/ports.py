@@ -1,0 +1,55 @@
+"""The core's view of the outside world: sources, sinks and the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
+from gateway.correlate import CorrelationState, Effects
+from gateway.decide import BatchKeys, Prepared, Result
+from gateway.model import RawMessage
+
+
+class OutboxRow(msgspec.Struct, frozen=True):
+    """One canonical event waiting in the outbox, with what sinks route by."""
+
+    seq: int
+    event_id: str
+    municipality_code: str | None
+    category: str
+    event_type: str
+    body: bytes
+
+
+class Delivery(Protocol):
+    """A message from a source; settled only after its outcome is committed."""
+
+    @property
+    def raw(self) -> RawMessage: ...
+
+    async def settle(self, result: Result) -> None: ...
+
+
+class Sink(Protocol):
+    name: str
+
+    async def send(self, rows: Sequence[OutboxRow]) -> None:
+        """Deliver the rows in order; return only when the sink has them."""
+
+
+class Store(Protocol):
+    async def load_state(self, keys: BatchKeys) -> CorrelationState: ...
+
+    async def commit(
+        self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects
+    ) -> None: ...
+
+    async def sink_progress(self, sink: str) -> int | None: ...
+
+    async def register_sink(self, sink: str, start: int = 0) -> None: ...
+
+    async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]: ...
+
+    async def mark_sent(self, sink: str, seq: int) -> None: ...

@@ -1,0 +1,540 @@
+"""Realistic transition-period traffic in both versions, with an answer key.
+
+The answer key is worked out from the simulated truth (which messages carry which case event),
+not by running the gateway's own correlation, so a replay can be checked against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+from xml.sax.saxutils import escape
+
+from gateway.formats import v22, v30
+from gateway.model import Reason, Version
+from gateway.normalize import DANISH_TIME, UTC
+
+MUNICIPALITIES: Final = ("101", "147", "151", "157", "173", "230", "461", "561", "751", "851")
+CASE_KINDS: Final = ("old_only", "new_only", "mirrored_legacy", "mirrored_fuzzy", "migrated")
+CASE_WEIGHTS: Final = (20, 20, 25, 15, 20)
+TYPE_BY_EVENT: Final = {known.event_type: code for code, known in v30.TYPES.items()}
+CODE_BY_EVENT: Final = {known.event_type: code for code, known in v22.CODES.items()}
+START: Final = dt.datetime(2022, 1, 3, 8, 0, tzinfo=UTC)
+SPAN_DAYS: Final = 330  # covers both DST changes of 2022
+
+
+@dataclass
+class Case:
+    kind: str
+    cpr: str
+    municipality: str
+    legacy_id: int | None
+    number: str | None
+
+
+@dataclass
+class TrueEvent:
+    case: Case
+    event_type: str
+    occurred_at: dt.datetime
+    versions: tuple[Version, ...]
+    v3_legacy: bool  # the 3.0 message names TidligereSagsId
+    event_ref: str
+    local_text_override: str | None = None  # a 2.2 time in the spring gap
+    key: int = 0
+
+
+@dataclass
+class Message:
+    arrival: dt.datetime
+    body: bytes
+    event: TrueEvent | None  # None for bad input
+    version: Version | None
+    message_id: str
+    reason: Reason | None = None
+    redelivery: bool = False
+
+
+@dataclass
+class Expected:
+    """The answer key, worked out from the truth."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    quarantined_by_reason: Counter[str] = field(default_factory=Counter)
+    duplicates_by_kind: Counter[str] = field(default_factory=Counter)
+    matches_by_method: Counter[str] = field(default_factory=Counter)
+    conflicts: int = 0
+    case_links: int = 0
+
+    def as_dict(self, overlap: dict[str, int]) -> dict[str, object]:
+        return {
+            "messages": sum(self.outcomes.values()),
+            "emitted": self.outcomes["emitted"],
+            "duplicates": self.outcomes["duplicate"],
+            "quarantined": self.outcomes["quarantined"],
+            "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
+            "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
+            "matches_by_method": dict(sorted(self.matches_by_method.items())),
+            "conflicts": self.conflicts,
+            "case_links": self.case_links,
+            "overlap": overlap,
+        }
+
+
+class Simulator:
+    def __init__(self, seed: int, bad_share: float = 0.03, repeat_share: float = 0.03) -> None:
+        self.rng = random.Random(seed)
+        self.bad_share = bad_share
+        self.repeat_share = repeat_share
+        self._cprs: set[str] = set()
+        self._legacy: set[int] = set()
+        self._numbers: set[str] = set()
+        self.events: list[TrueEvent] = []
+        self.messages: list[Message] = []
+        # Scenario events the gateway must keep apart: key -> its own gateway event
+        self.conflicting: set[int] = set()
+        self.ambiguous: set[int] = set()
+
+    # --- identities -------------------------------------------------------------------------
+
+    def uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def cpr(self) -> str:
+        while True:
+            born = dt.date(1940, 1, 1) + dt.timedelta(days=self.rng.randrange(0, 365 * 65))
+            yy = born.year % 100
+            seventh = self.rng.choice("0123") if born.year < 2000 else "4"
+            cpr = f"{born:%d%m}{yy:02d}{seventh}{self.rng.randrange(1000):03d}"
+            if cpr not in self._cprs:
+                self._cprs.add(cpr)
+                return cpr
+
+    def legacy_id(self) -> int:
+        while (value := self.rng.randrange(1, 10**7)) in self._legacy:
+            pass
+        self._legacy.add(value)
+        return value
+
+    def case_number(self, year: int) -> str:
+        while (value := f"AES-{year}-{self.rng.randrange(10**7):07d}") in self._numbers:
+            pass
+        self._numbers.add(value)
+        return value
+
+    # --- the truth --------------------------------------------------------------------------
+
+    def new_case(self, kind: str, cpr: str | None = None) -> Case:
+        old = kind != "new_only"
+        new = kind != "old_only"
+        return Case(
+            kind=kind,
+            cpr=cpr or self.cpr(),
+            municipality=self.rng.choice(MUNICIPALITIES),
+            legacy_id=self.legacy_id() if old else None,
+            number=self.case_number(2022) if new else None,
+        )
+
+    def event_types(self) -> list[str]:
+        chain = ["reported"]
+        for _ in range(self.rng.randrange(0, 3)):
+            kind = self.rng.choice(["functional_certificate", "specialist_certificate"])
+            chain += [f"{kind}_requested", f"{kind}_received"]
+        chain.append(self.rng.choice(["rejected", "recognised", "shelved", "cancelled"]))
+        if self.rng.random() < 0.15:
+            chain += ["reprocessing_started", "reprocessing_closed"]
+        return chain
+
+    def event_times(self, count: int) -> list[dt.datetime]:
+        at = START + dt.timedelta(seconds=self.rng.randrange(SPAN_DAYS * 86400))
+        times = []
+        for _ in range(count):
+            times.append(at)
+            at += dt.timedelta(seconds=self.rng.randrange(3600, 21 * 86400))
+        return times
+
+    def add_case(self, kind: str) -> None:
+        case = self.new_case(kind)
+        types = self.event_types()
+        migrate_at = self.rng.randrange(1, len(types) + 1)
+        for index, (event_type, at) in enumerate(
+            zip(types, self.event_times(len(types)), strict=True)
+        ):
+            versions = self._versions(kind, index >= migrate_at)
+            self._add_event(case, event_type, at, versions, kind != "mirrored_fuzzy")
+
+    def _versions(self, kind: str, migrated: bool) -> tuple[Version, ...]:
+        if kind == "old_only" or (kind == "migrated" and not migrated):
+            return (Version.V2_2,)
+        if kind == "new_only" or (kind == "migrated" and self.rng.random() < 0.3):
+            return (Version.V3_0,)
+        return (Version.V2_2, Version.V3_0)
+
+    def _add_event(
+        self, case: Case, event_type: str, at: dt.datetime, versions: tuple[Version, ...],
+        v3_legacy: bool,
+    ) -> TrueEvent:
+        event = TrueEvent(case, event_type, at, versions, v3_legacy and case.legacy_id is not None,
+                          self.uuid(), key=len(self.events))
+        self.events.append(event)
+        return event
+
+    def add_dst_cases(self) -> None:
+        """Mirrored events at the autumn's repeated hour (both readings) and the spring gap."""
+        for occurred in (
+            dt.datetime(2022, 10, 30, 0, 30, 17, tzinfo=UTC),  # 02:30:17 CEST, first reading
+            dt.datetime(2022, 10, 30, 1, 30, 48, tzinfo=UTC),  # 02:30:48 CET, second reading
+        ):
+            self._add_event(self.new_case("mirrored_legacy"), "reported", occurred,
+                            (Version.V2_2, Version.V3_0), True)
+        # 03:20 CEST written by 2.2 as 02:20, a time that does not exist
+        gap = self._add_event(self.new_case("mirrored_fuzzy"), "rejected",
+                              dt.datetime(2022, 3, 27, 1, 20, 5, tzinfo=UTC),
+                              (Version.V2_2, Version.V3_0), False)
+        gap.local_text_override = "202203270220"
+
+    def add_scenarios(self) -> None:
+        """A fuzzy ambiguity in each direction and a CPR conflict: never merged."""
+        at = START + dt.timedelta(days=self.rng.randrange(SPAN_DAYS))
+        for first, second in ((Version.V2_2, Version.V3_0), (Version.V3_0, Version.V2_2)):
+            cpr = self.cpr()
+            kind = {Version.V2_2: "old_only", Version.V3_0: "new_only"}
+            twins = [
+                self._add_event(self.new_case(kind[first], cpr), "reported",
+                                at + dt.timedelta(seconds=offset), (first,), False)
+                for offset in (0, 40)
+            ]
+            late = self._add_event(self.new_case(kind[second], cpr), "reported",
+                                   at + dt.timedelta(seconds=20), (second,), False)
+            assert len(twins) == 2  # noqa: S101 - two candidates make the ambiguity
+            self.ambiguous.add(late.key)  # arrives after both twins (see build_messages)
+            at += dt.timedelta(days=3)
+        old = self._add_event(self.new_case("old_only"), "rejected", at, (Version.V2_2,), False)
+        wrong = self.new_case("mirrored_legacy")
+        wrong.legacy_id = old.case.legacy_id  # the same old case id, another person
+        clash = self._add_event(wrong, "rejected", at + dt.timedelta(seconds=30),
+                                (Version.V3_0,), True)
+        self.conflicting.add(clash.key)
+
+    # --- messages ---------------------------------------------------------------------------
+
+    def lag(self) -> dt.timedelta:
+        """Seconds to days, log-uniform."""
+        return dt.timedelta(seconds=int(10 ** self.rng.uniform(0.5, 5.5)))
+
+    def build_messages(self) -> None:
+        scenario_keys = self.ambiguous | self.conflicting
+        for event in self.events:
+            for version in event.versions:
+                arrival = event.occurred_at + self.lag()
+                if event.key in scenario_keys:  # arrive after the events they must not join
+                    arrival = event.occurred_at + dt.timedelta(days=6)
+                self.messages.append(self._message(event, version, arrival))
+        originals = list(self.messages)
+        for original in originals:
+            roll = self.rng.random()
+            if roll < self.repeat_share:
+                self.messages.append(Message(
+                    original.arrival + dt.timedelta(seconds=self.rng.randrange(1, 3600)),
+                    original.body, original.event, original.version, original.message_id,
+                    redelivery=True))
+            elif roll < 2 * self.repeat_share and original.event is not None:
+                when = original.arrival + dt.timedelta(seconds=self.rng.randrange(60, 2 * 86400))
+                assert original.version is not None  # noqa: S101 - set for valid messages
+                self.messages.append(self._message(original.event, original.version, when))
+        self._add_bad(originals)
+        self.messages.sort(key=lambda m: (m.arrival, m.message_id))
+
+    def _message(self, event: TrueEvent, version: Version, arrival: dt.datetime) -> Message:
+        message_id = self.uuid()
+        body = render_message(self, event, version, message_id, arrival)
+        return Message(arrival, body, event, version, message_id)
+
+    def _add_bad(self, originals: list[Message]) -> None:
+        count = max(len(BAD_INPUT), int(len(originals) * self.bad_share)) if self.bad_share else 0
+        kinds = list(BAD_INPUT)
+        # Bad variants are rendered in either version, so take cases known in both.
+        bases = [m for m in originals if m.event and m.event.case.legacy_id and m.event.case.number]
+        for index in range(count):
+            reason = kinds[index % len(kinds)] if index >= 1 else Reason.TOO_LARGE
+            if reason is Reason.TOO_LARGE and index >= 1:
+                reason = Reason.NOT_XML  # one oversized message is enough
+            base = self.rng.choice(bases)
+            assert base.event is not None  # noqa: S101 - originals are valid
+            message_id = self.uuid()
+            body = BAD_INPUT[reason](self, base.event, message_id, base.arrival)
+            self.messages.append(Message(base.arrival + dt.timedelta(seconds=1), body, None,
+                                         None, message_id, reason=reason))
+
+    # --- the answer key ---------------------------------------------------------------------
+
+    def answer_key(self) -> dict[str, object]:
+        expected = Expected()
+        accepted: dict[int, set[Version]] = {}
+        first_legacy_v3: dict[int, bool] = {}
+        linked: set[int] = set()  # legacy ids whose link the gateway knows
+        for message in self.messages:
+            if message.reason is not None:
+                expected.outcomes["quarantined"] += 1
+                expected.quarantined_by_reason[message.reason.value] += 1
+                continue
+            if message.redelivery:
+                expected.outcomes["duplicate"] += 1
+                expected.duplicates_by_kind["redelivery"] += 1
+                continue
+            event, version = message.event, message.version
+            assert event is not None  # noqa: S101 - valid messages have both
+            assert version is not None  # noqa: S101
+            self._expect_valid(expected, event, version, accepted, first_legacy_v3, linked)
+        overlap = Counter(
+            {3: "both", 1: "only_2_2", 2: "only_3_0"}[sum(_BIT[v] for v in seen)]
+            for seen in accepted.values()
+        )
+        return expected.as_dict({k: overlap[k] for k in ("both", "only_2_2", "only_3_0")})
+
+    def _expect_valid(
+        self, expected: Expected, event: TrueEvent, version: Version,
+        accepted: dict[int, set[Version]], first_legacy_v3: dict[int, bool], linked: set[int],
+    ) -> None:
+        legacy = event.case.legacy_id
+        carries_legacy = version is Version.V3_0 and event.v3_legacy
+        if event.key in self.conflicting:
+            expected.conflicts += 1
+        elif carries_legacy and legacy not in linked:
+            linked.add(legacy)  # type: ignore[arg-type]
+            expected.case_links += 1
+        seen = accepted.get(event.key)
+        if seen is None:
+            accepted[event.key] = {version}
+            first_legacy_v3[event.key] = carries_legacy
+            expected.outcomes["emitted"] += 1
+            if event.key in self.ambiguous:
+                expected.matches_by_method["ambiguous"] += 1
+            return
+        expected.outcomes["duplicate"] += 1
+        if version in seen:
+            expected.duplicates_by_kind["same_version"] += 1
+            return
+        seen.add(version)
+        expected.duplicates_by_kind["cross_version"] += 1
+        if carries_legacy or first_legacy_v3[event.key]:
+            method = "legacy_id"
+        elif legacy in linked:
+            method = "learned_link"
+        else:
+            method = "fuzzy"
+            linked.add(legacy)  # type: ignore[arg-type]
+            expected.case_links += 1
+        expected.matches_by_method[method] += 1
+
+
+_BIT: Final = {Version.V2_2: 1, Version.V3_0: 2}
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+ENVELOPE: Final = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+    '<ns2:Haendelsesbesked xmlns="urn:oio:sagdok:3.0.0" xmlns:ns2="urn:oio:besked:kuvert:1.0">'
+    "<ns2:BeskedId><UUIDIdentifikator>{message_id}</UUIDIdentifikator></ns2:BeskedId>"
+    "<ns2:BeskedVersion>1.0</ns2:BeskedVersion><ns2:Beskedkuvert><ns2:Filtreringsdata>"
+    "<ns2:Beskedtype><UUIDIdentifikator>{beskedtype}</UUIDIdentifikator></ns2:Beskedtype>"
+    "<ns2:TilladtModtager><URNIdentifikator>urn:oio:kommunekode:{municipality}"
+    "</URNIdentifikator></ns2:TilladtModtager>"
+    "<ns2:RelateretObjekt><ns2:ObjektId><URNIdentifikator>urn:oio:cpr-nr:{cpr}"
+    "</URNIdentifikator></ns2:ObjektId><ns2:ObjektType><UUIDIdentifikator>"
+    "ce7fcf97-a8a2-447a-8690-d38aa0f6e23c</UUIDIdentifikator></ns2:ObjektType>"
+    "</ns2:RelateretObjekt></ns2:Filtreringsdata><ns2:Leveranceinformation>"
+    "<ns2:Dannelsestidspunkt><TidsstempelDatoTid>{formed}</TidsstempelDatoTid>"
+    "</ns2:Dannelsestidspunkt><ns2:TransaktionsId><UUIDIdentifikator>{transaction}"
+    "</UUIDIdentifikator></ns2:TransaktionsId></ns2:Leveranceinformation></ns2:Beskedkuvert>"
+    "<ns2:Beskeddata>{payload}</ns2:Beskeddata></ns2:Haendelsesbesked>"
+)
+PUSH_OPEN: Final = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+    '<ns4:ModtagBeskedInput xmlns="urn:oio:sagdok:3.0.0" '
+    'xmlns:ns2="urn:oio:besked:kuvert:1.0" xmlns:ns4="urn:oio:sts:1.0.0">'
+)
+TEXTS: Final = {code.event_type: code.meaning for code in v22.CODES.values()}
+
+
+def local_text(at: dt.datetime, fmt: str) -> str:
+    return at.astimezone(DANISH_TIME).strftime(fmt)
+
+
+def v22_record(event: TrueEvent, overrides: dict[str, str] | None = None) -> str:
+    """The fixed-format record, laid out by the same field table the parser reads."""
+    case = event.case
+    values = {
+        "POSTTYPE": v22.POSTTYPE_VALUE,
+        "LAYOUTVERSION": "01",
+        "SAGSID": f"{case.legacy_id:010d}",
+        "CPR": case.cpr,
+        "BOPAELSKOMMUNE": case.municipality,
+        "HAENDELSESKODE": CODE_BY_EVENT[event.event_type],
+        "HAENDELSESTIDSPUNKT": event.local_text_override
+        or local_text(event.occurred_at, "%Y%m%d%H%M"),
+        "SKADESDATO": local_text(event.occurred_at - dt.timedelta(days=30), "%Y%m%d"),
+        "AFGOERELSESDATO": " " * 8,
+        "HAENDELSESTEKST": TEXTS[event.event_type],
+    }
+    values.update(overrides or {})
+    record = [" "] * v22.RECORD_LENGTH
+    for name, value in values.items():
+        spec: v22.Field = getattr(v22, name)
+        text = value.ljust(spec.length)[: spec.length]
+        record[spec.start - 1 : spec.start - 1 + spec.length] = list(text)
+    return "".join(record).rstrip()
+
+
+def v30_payload(event: TrueEvent, overrides: dict[str, str | None] | None = None) -> str:
+    case = event.case
+    type_code = TYPE_BY_EVENT[event.event_type]
+    with_offset = event.key % 5 != 0
+    values: dict[str, str | None] = {
+        "Sagsnummer": case.number,
+        "TidligereSagsId": f"{case.legacy_id:010d}" if event.v3_legacy else None,
+        "Sagstype": "ARBEJDSULYKKE" if event.key % 2 else "ERHVERVSSYGDOM",
+        "CPR": f"{case.cpr[:6]}-{case.cpr[6:]}" if event.key % 3 else case.cpr,
+        "Bopaelskommune": f"0{case.municipality}",
+        "HaendelseId": event.event_ref,
+        "Kategori": v30.TYPES[type_code].kategori,
+        "Type": type_code,
+        "Tidspunkt": event.occurred_at.astimezone(DANISH_TIME).isoformat()
+        if with_offset
+        else local_text(event.occurred_at, "%Y-%m-%dT%H:%M:%S"),
+        "Tekst": TEXTS[event.event_type],
+    }
+    values.update(overrides or {})
+
+    def element(name: str) -> str:
+        value = values.get(name)
+        return "" if value is None else f"<{name}>{escape(value)}</{name}>"
+
+    sag = "".join(element(n) for n in ("Sagsnummer", "TidligereSagsId", "Sagstype"))
+    person = element("CPR") + element("Bopaelskommune")
+    haendelse = "".join(element(n) for n in ("HaendelseId", "Kategori", "Type", "Tidspunkt",
+                                              "Tekst"))
+    return (f'<Sagshaendelse xmlns="{v30.NAMESPACE}"><Sag>{sag}</Sag>'
+            f"<Skadelidte>{person}</Skadelidte><Haendelse>{haendelse}"
+            "<FremtidigtFelt>ignoreres</FremtidigtFelt></Haendelse></Sagshaendelse>")
+
+
+def wrap_base64(data: bytes, content_type: str, charset: str) -> str:
+    return (f'<Base64 xmlns="urn:besked:kuvert:1.0" content-type="{content_type}" '
+            f'encoding="{charset}">{base64.b64encode(data).decode()}</Base64>')
+
+
+def payload_for(sim: Simulator, event: TrueEvent, version: Version) -> str:
+    inline = sim.rng.random() < 0.5
+    if version is Version.V2_2:
+        record = v22_record(event)
+        if inline:
+            return f'<Sagshaendelse xmlns="{v22.INLINE_NAMESPACE}">{escape(record)}</Sagshaendelse>'
+        return wrap_base64(record.encode("iso-8859-1"), "text/plain", "ISO-8859-1")
+    xml = v30_payload(event)
+    return xml if inline else wrap_base64(xml.encode(), "application/xml", "UTF-8")
+
+
+def envelope(
+    sim: Simulator, event: TrueEvent, version: Version, message_id: str, arrival: dt.datetime,
+    payload: str, beskedtype: str | None = None, cpr: str | None = None,
+) -> str:
+    return ENVELOPE.format(
+        message_id=message_id,
+        beskedtype=beskedtype or {Version.V2_2: v22.BESKEDTYPE_UUID,
+                                  Version.V3_0: v30.BESKEDTYPE_UUID}[version],
+        municipality=event.case.municipality,
+        cpr=cpr or event.case.cpr,
+        formed=local_text(arrival, "%Y-%m-%dT%H:%M:%S"),
+        transaction=sim.uuid(),
+        payload=payload,
+    )
+
+
+def render_message(
+    sim: Simulator, event: TrueEvent, version: Version, message_id: str, arrival: dt.datetime
+) -> bytes:
+    text = envelope(sim, event, version, message_id, arrival, payload_for(sim, event, version))
+    if version is Version.V3_0 and sim.rng.random() < 0.1:  # a captured push body
+        text = PUSH_OPEN + text.split("?>", 1)[1] + "</ns4:ModtagBeskedInput>"
+    return text.encode()
+
+
+# --- bad input, one maker per reason ----------------------------------------------------------
+
+BadMaker = Callable[[Simulator, TrueEvent, str, dt.datetime], bytes]
+
+
+def _v22_with(**overrides: str) -> BadMaker:
+    def make(sim: Simulator, event: TrueEvent, message_id: str, at: dt.datetime) -> bytes:
+        record = v22_record(event, overrides)
+        payload = f'<Sagshaendelse xmlns="{v22.INLINE_NAMESPACE}">{escape(record)}</Sagshaendelse>'
+        return envelope(sim, event, Version.V2_2, message_id, at, payload).encode()
+    return make
+
+
+def _v30_with(**overrides: str | None) -> BadMaker:
+    def make(sim: Simulator, event: TrueEvent, message_id: str, at: dt.datetime) -> bytes:
+        payload = v30_payload(event, overrides)
+        return envelope(sim, event, Version.V3_0, message_id, at, payload).encode()
+    return make
+
+
+def _good(sim: Simulator, event: TrueEvent, message_id: str, at: dt.datetime) -> str:
+    return envelope(sim, event, Version.V3_0, message_id, at, v30_payload(event))
+
+
+BAD_INPUT: Final[dict[Reason, BadMaker]] = {
+    Reason.TOO_LARGE: lambda s, e, m, a: _good(s, e, m, a).encode() + b" " * (1024 * 1024),
+    Reason.NOT_XML: lambda s, e, m, a: _good(s, e, m, a).encode()[:-40],
+    Reason.FORBIDDEN_DTD: lambda s, e, m, a: (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
+        + _good(s, e, m, a).split("?>", 1)[1].replace("ignoreres", "&lol2;")
+    ).encode(),
+    Reason.UNKNOWN_ENVELOPE: lambda s, e, m, a: _good(s, e, m, a)
+    .replace("ns2:Haendelsesbesked", "ns2:Forretningsbesked").encode(),
+    Reason.MISSING_ENVELOPE_FIELD: lambda s, e, m, a: _good(s, e, m, a)
+    .replace(f"<ns2:BeskedId><UUIDIdentifikator>{m}</UUIDIdentifikator></ns2:BeskedId>", "")
+    .encode(),
+    Reason.UNKNOWN_BESKEDTYPE: lambda s, e, m, a: envelope(
+        s, e, Version.V3_0, m, a, v30_payload(e), beskedtype=s.uuid()).encode(),
+    Reason.BAD_BASE64: lambda s, e, m, a: envelope(
+        s, e, Version.V3_0, m, a,
+        '<Base64 xmlns="urn:besked:kuvert:1.0" encoding="UTF-8">PFNh*Z3No!!</Base64>').encode(),
+    Reason.BAD_ENCODING: lambda s, e, m, a: envelope(
+        s, e, Version.V2_2, m, a, wrap_base64(v22_record(e).encode(), "text/plain",
+                                              "X-UNKNOWN-CHARSET")).encode(),
+    Reason.WRONG_PAYLOAD_FORM: lambda s, e, m, a: envelope(
+        s, e, Version.V2_2, m, a, v30_payload(e)).encode(),
+    Reason.BAD_RECORD: _v22_with(POSTTYPE="AESX"),
+    Reason.MISSING_ELEMENT: _v30_with(HaendelseId=None),
+    Reason.UNKNOWN_EVENT_CODE: _v22_with(HAENDELSESKODE="99"),
+    Reason.UNKNOWN_TYPE: _v30_with(Type="SAG_UKENDT"),
+    Reason.CATEGORY_MISMATCH: _v30_with(Kategori="ATTEST", Type="SAG_AFVIST"),
+    Reason.INVALID_CPR: _v22_with(CPR="3213851234"),
+    Reason.INVALID_MUNICIPALITY: _v22_with(BOPAELSKOMMUNE="1X1"),
+    Reason.INVALID_TIME: _v22_with(HAENDELSESTIDSPUNKT="202213011015"),
+    Reason.INVALID_DATE: _v22_with(SKADESDATO="20220230"),
+    Reason.INVALID_CASE_ID: _v30_with(Sagsnummer="SAG-1"),
+    Reason.INVALID_VALUE: _v30_with(HaendelseId="not-a-uuid"),
+    Reason.ENVELOPE_PAYLOAD_MISMATCH: lambda s, e, m, a: envelope(
+        s, e, Version.V3_0, m, a, v30_payload(e), cpr=s.cpr()).encode(),
+}
+
+
+def simulate(cases: int, seed: int, bad_share: float = 0.03) -> Simulator:
+    sim = Simulator(seed, bad_share=bad_share)
+    for _ in range(cases):
+        sim.add_case(sim.rng.choices(CASE_KINDS, CASE_WEIGHTS)[0])
+    sim.add_dst_cases()
+    sim.add_scenarios()
+    sim.build_messages()
+    return sim

@@ -1,0 +1,48 @@
+"""Counting outcomes for the replay summary (the same figures the metrics carry)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from gateway.decide import Result
+from gateway.model import Outcome
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.quarantined_by_reason: Counter[str] = Counter()
+        self.duplicates_by_kind: Counter[str] = Counter()
+        self.matches_by_method: Counter[str] = Counter()
+        self.conflicts = 0
+        self.case_links = 0
+
+    def add(self, results: Iterable[Result]) -> None:
+        for result in results:
+            self.outcomes[result.outcome.value] += 1
+            if result.reason is not None:
+                self.quarantined_by_reason[result.reason.value] += 1
+            if result.duplicate_kind is not None:
+                self.duplicates_by_kind[result.duplicate_kind.value] += 1
+            if result.match is not None:
+                self.matches_by_method[result.match.value] += 1
+            self.conflicts += result.conflict
+            self.case_links += result.linked
+
+    @property
+    def messages(self) -> int:
+        return sum(self.outcomes.values())
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "messages": self.messages,
+            "emitted": self.outcomes[Outcome.EMITTED.value],
+            "duplicates": self.outcomes[Outcome.DUPLICATE.value],
+            "quarantined": self.outcomes[Outcome.QUARANTINED.value],
+            "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
+            "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
+            "matches_by_method": dict(sorted(self.matches_by_method.items())),
+            "conflicts": self.conflicts,
+            "case_links": self.case_links,
+        }

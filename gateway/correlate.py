@@ -145,6 +145,9 @@ class Correlator:
     def accept(self, event: ParsedEvent, received_at: dt.datetime) -> Decision:
         stream_time = epoch(event.formed_at or received_at)
         link, link_conflict = self._learn_explicit_link(event)
+        link_conflict = link_conflict or any(
+            known.cpr != event.cpr for known in self._links_of(event)
+        )
         decision, ambiguous, conflict = self._match(event, stream_time)
         if decision is None:
             decision = self._emit_new(event, received_at, stream_time, ambiguous)
@@ -176,17 +179,22 @@ class Correlator:
         decision.link = self._learn_fuzzy_link(fuzzy[0])
         return decision, False, conflict
 
-    def _case_ids(self, event: ParsedEvent) -> tuple[set[str], set[str]]:
-        legacy_ids: set[str] = set()
-        numbers: set[str] = set()
+    def _links_of(self, event: ParsedEvent) -> list[Link]:
+        links = []
         if event.legacy_case_id is not None:
-            legacy_ids.add(event.legacy_case_id)
-            if (link := self.state.links_by_legacy.get(event.legacy_case_id)) is not None:
-                numbers.add(link.case_number)
+            links.append(self.state.links_by_legacy.get(event.legacy_case_id))
         if event.case_number is not None:
-            numbers.add(event.case_number)
-            if (link := self.state.links_by_number.get(event.case_number)) is not None:
+            links.append(self.state.links_by_number.get(event.case_number))
+        return [link for link in links if link is not None]
+
+    def _case_ids(self, event: ParsedEvent) -> tuple[set[str], set[str]]:
+        """The event's own case ids and those linked to them (links of this person only)."""
+        legacy_ids = set() if event.legacy_case_id is None else {event.legacy_case_id}
+        numbers = set() if event.case_number is None else {event.case_number}
+        for link in self._links_of(event):
+            if link.cpr == event.cpr:
                 legacy_ids.add(link.legacy_case_id)
+                numbers.add(link.case_number)
         return legacy_ids, numbers
 
     def _fits(self, record: EventRecord, event: ParsedEvent) -> bool:

@@ -90,6 +90,7 @@ def test_fuzzy_twin_links_the_case_in_either_order(order: tuple[int, int]) -> No
                 event(V30, number="AES-2022-0004711", at=T0 + dt.timedelta(seconds=50))]
     first, second = core.accept(*(messages[i] for i in order))
     assert second.match is MatchMethod.FUZZY
+    assert second.event_id == first.event_id
     assert second.link is not None
     assert (second.link.legacy_case_id, second.link.case_number) == ("1234567", "AES-2022-0004711")
     # and every later event of either id uses that link

@@ -15,6 +15,7 @@ import msgspec
 from adapters.files import InputError, JsonlSink, list_inputs, read_batches
 from adapters.sqlite import Store, StoreError
 from gateway import canonical, logs
+from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
 from gateway.replay import replay
 from gateway.simulate import simulate
 
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write the summary JSON here ('-' for stdout)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--tolerance", type=int, default=120, help="match tolerance in seconds")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
 
     sub.add_parser("schema", help="print the JSON Schema of the canonical event")
 
@@ -50,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--output", default="-", help="replay: JSON Lines output")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
+
+    p = sub.add_parser("purge", help="delete stored data older than the retention period")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--retention-days", type=int, default=400)
 
     p = sub.add_parser("demo", help="simulate, replay and show the overlap report")
     p.add_argument("--cases", type=int, default=300)
@@ -82,6 +89,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if command == "quarantine":
         return await _quarantine(args)
+    if command == "purge":
+        if args.retention_days < 1:
+            raise UsageError("--retention-days must be at least 1")
+        async with await Store.open(args.store) as store:
+            _write_json("-", await store.purge(args.retention_days))
+        return 0
     from gateway.demo import demo  # only the demo needs it
 
     return await demo(args.workdir, args.cases, args.seed)
@@ -114,7 +127,7 @@ class _ProgressBar:
 
 async def run_replay(
     inputs: Sequence[Path], store_path: Path, output: str, batch_size: int = DEFAULT_BATCH,
-    tolerance_s: int = 120,
+    tolerance_s: int = 120, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> dict[str, object]:
     """Replay files into the store at `store_path`; returns the summary."""
     if batch_size < 1:
@@ -126,7 +139,8 @@ async def run_replay(
         sink.open(truncate=await store.sink_progress(sink.name) is None)
         bar = _ProgressBar(len(files))
         try:
-            tally = await replay(read_batches(files, batch_size), store, sink, tolerance_s, bar)
+            tally = await replay(read_batches(files, batch_size), store, sink, tolerance_s, bar,
+                                 EnvelopeReader(max_bytes=max_bytes))
         finally:
             bar.close()
             sink.close()
@@ -137,7 +151,7 @@ async def _replay(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="aes-gateway-") as tmp:
         store_path = args.store or Path(tmp) / "replay.db"
         summary = await run_replay(args.inputs, store_path, args.output, args.batch_size,
-                                   args.tolerance)
+                                   args.tolerance, args.max_bytes)
     if args.summary:
         _write_json(args.summary, summary)
     return 0
@@ -178,12 +192,15 @@ async def _quarantine(args: argparse.Namespace) -> int:
             return 0
         rows = await store.quarantined(None if args.id is None else [args.id])
         await store.release_quarantined(rows)
-    summary = await _replay_bodies(args.store, [r.body for r in rows], args.output)
+    summary = await _replay_bodies(args.store, [r.body for r in rows], args.output,
+                                   args.max_bytes)
     _write_json("-", summary)
     return 0
 
 
-async def _replay_bodies(store_path: Path, bodies: list[bytes], output: str) -> dict[str, object]:
+async def _replay_bodies(
+    store_path: Path, bodies: list[bytes], output: str, max_bytes: int
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="aes-gateway-q-") as tmp:
         paths = []
         for index, body in enumerate(bodies):
@@ -192,7 +209,7 @@ async def _replay_bodies(store_path: Path, bodies: list[bytes], output: str) -> 
             paths.append(path)
         if not paths:
             return {"messages": 0}
-        return await run_replay(paths, store_path, output)
+        return await run_replay(paths, store_path, output, max_bytes=max_bytes)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from gateway.envelope import EnvelopeReader
 from gateway.pipeline import Pipeline, Relay
 from gateway.ports import Delivery, Sink, Store
 from gateway.tally import Tally
@@ -17,10 +18,11 @@ async def replay(
     sink: Sink,
     tolerance_s: int = 120,
     progress: Progress | None = None,
+    reader: EnvelopeReader | None = None,
 ) -> Tally:
     """Decide every batch, commit it, then relay what it emitted. Returns the counts."""
     tally = Tally()
-    pipeline = Pipeline(store, tolerance_s=tolerance_s, hooks=[lambda _b, r: tally.add(r)])
+    pipeline = Pipeline(store, reader, tolerance_s, hooks=[lambda _b, r: tally.add(r)])
     relay = Relay(store, sink)
     await relay.start()
     await relay.drain()  # what an earlier, interrupted run committed but did not relay

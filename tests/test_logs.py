@@ -1,0 +1,49 @@
+"""Structured logs, CPR masked everywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+from gateway import logs
+from tests.conftest import run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_log_lines_are_json_with_cpr_masked_in_message_fields_and_traces() -> None:
+    stream = io.StringIO()
+    logs.setup(stream)
+    log = logging.getLogger("test")
+    def fail() -> None:
+        raise ValueError("bad CPR 1401851234 in record")
+
+    try:
+        fail()
+    except ValueError:
+        log.exception("failed for 140185-1234", extra={"cpr": "1401851234"})
+    line = stream.getvalue().strip()
+    entry = json.loads(line)
+    assert entry["msg"] == "failed for 140185-****"
+    assert entry["cpr"] == "140185-****"
+    assert "140185-****" in entry["exc"]
+    assert "1234" not in line.replace("140185-****", "")
+
+
+def test_uuids_and_hashes_are_not_mistaken_for_cpr() -> None:
+    text = "id 3f5e2a0c-6a51-4c1e-9f0e-123456789012 sha256:a1401851234b"
+    assert logs.mask(text) == text
+
+
+def test_a_full_replay_at_debug_logs_no_cpr(tmp_path: Path) -> None:
+    run_cli("simulate", str(tmp_path / "in"), "--cases", "40", "--seed", "9")
+    result = run_cli("replay", str(tmp_path / "in"), "--output", str(tmp_path / "out.jsonl"),
+                     env_level="DEBUG")
+    cprs = {json.loads(line)["person"]["cpr"]
+            for line in (tmp_path / "out.jsonl").read_text().splitlines()}
+    assert len(result.stderr.splitlines()) > 100  # DEBUG logged every message
+    for cpr in cprs:
+        assert not re.search(f"{cpr[:6]}-?{cpr[6:]}", result.stderr)

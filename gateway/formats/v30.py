@@ -23,6 +23,7 @@ from gateway.normalize import (
     parse_xs_datetime,
     to_utc,
 )
+from gateway.xmlsafe import Path, Paths, text_of
 
 # --- layout data ------------------------------------------------------------------------------
 
@@ -32,8 +33,8 @@ ROOT: Final = f"{{{NAMESPACE}}}Sagshaendelse"
 DEFAULT_CHARSET: Final = "UTF-8"
 
 
-def _path(*names: str) -> str:
-    return "/".join(f"{{{NAMESPACE}}}{name}" for name in names)
+def _path(*names: str) -> Path:
+    return tuple(f"{{{NAMESPACE}}}{name}" for name in names)
 
 
 SAGSNUMMER: Final = _path("Sag", "Sagsnummer")
@@ -49,10 +50,15 @@ TIDSPUNKT: Final = _path("Haendelse", "Tidspunkt")
 AFGOERELSESDATO: Final = _path("Haendelse", "Afgoerelsesdato")
 TEKST: Final = _path("Haendelse", "Tekst")
 ATTEST: Final = _path("Attest")
-ATTESTTYPE: Final = _path("Attesttype")
-SPECIALE: Final = _path("Speciale")
-ANMODNINGSDATO: Final = _path("Anmodningsdato")
-MODTAGELSESDATO: Final = _path("Modtagelsesdato")
+ATTESTTYPE: Final = _path("Attest", "Attesttype")
+SPECIALE: Final = _path("Attest", "Speciale")
+ANMODNINGSDATO: Final = _path("Attest", "Anmodningsdato")
+MODTAGELSESDATO: Final = _path("Attest", "Modtagelsesdato")
+PATHS: Final = Paths([
+    SAGSNUMMER, TIDLIGERE_SAGSID, SAGSTYPE, SKADESDATO, CPR, BOPAELSKOMMUNE, HAENDELSE_ID,
+    KATEGORI, TYPE, TIDSPUNKT, AFGOERELSESDATO, TEKST, ATTEST, ATTESTTYPE, SPECIALE,
+    ANMODNINGSDATO, MODTAGELSESDATO,
+])
 
 SAGSNUMMER_PATTERN: Final = re.compile(r"AES-\d{4}-\d{7}")
 CASE_KINDS: Final = frozenset({"ARBEJDSULYKKE", "ERHVERVSSYGDOM"})
@@ -91,29 +97,25 @@ ATTEST_KINDS: Final[dict[str, str]] = {
 # --- parser -----------------------------------------------------------------------------------
 
 
-def _text(root: etree._Element, path: str) -> str | None:
-    element = root.find(path)
-    if element is None:
-        return None
-    return (element.text or "").strip() or None
+Found = dict[Path, list[etree._Element]]
 
 
-def _required(root: etree._Element, path: str) -> str:
-    value = _text(root, path)
+def _required(found: Found, path: Path) -> str:
+    value = text_of(found, path)
     if value is None:
-        name = path.rsplit("}", 1)[-1]
+        name = path[-1].rsplit("}", 1)[-1]
         raise BadInput(Reason.MISSING_ELEMENT, f"required element {name} is missing or empty")
     return value
 
 
-def _date(root: etree._Element, path: str) -> dt.date | None:
-    value = _text(root, path)
+def _date(found: Found, path: Path) -> dt.date | None:
+    value = text_of(found, path)
     return None if value is None else parse_xs_date(value)
 
 
-def _event_type(root: etree._Element) -> tuple[str, str]:
-    type_code = _required(root, TYPE)
-    kategori = _required(root, KATEGORI)
+def _event_type(found: Found) -> tuple[str, str]:
+    type_code = _required(found, TYPE)
+    kategori = _required(found, KATEGORI)
     known = TYPES.get(type_code)
     if known is None:
         raise BadInput(Reason.UNKNOWN_TYPE, f"Type {type_code[:40]!r} unknown")
@@ -124,41 +126,40 @@ def _event_type(root: etree._Element) -> tuple[str, str]:
     return known.event_type, CATEGORIES[kategori]
 
 
-def _certificate(root: etree._Element, event_type: str) -> Certificate | None:
+def _certificate(found: Found, event_type: str) -> Certificate | None:
     derived = certificate_for(event_type)
-    attest = root.find(ATTEST)
-    if attest is None:
+    if ATTEST not in found:
         return derived
     if derived is None:
         raise BadInput(Reason.CATEGORY_MISMATCH, "Attest given for a non-ATTEST event")
-    kind = ATTEST_KINDS.get(_required(attest, ATTESTTYPE))
+    kind = ATTEST_KINDS.get(_required(found, ATTESTTYPE))
     if kind != derived.kind:
         raise BadInput(Reason.CATEGORY_MISMATCH, "Attesttype does not fit the event Type")
     return Certificate(
         kind=kind,
-        specialty=_text(attest, SPECIALE),
-        requested_on=_date(attest, ANMODNINGSDATO),
-        received_on=_date(attest, MODTAGELSESDATO),
+        specialty=text_of(found, SPECIALE),
+        requested_on=_date(found, ANMODNINGSDATO),
+        received_on=_date(found, MODTAGELSESDATO),
     )
 
 
-def _case_number(root: etree._Element) -> str:
-    value = _required(root, SAGSNUMMER)
+def _case_number(found: Found) -> str:
+    value = _required(found, SAGSNUMMER)
     if not SAGSNUMMER_PATTERN.fullmatch(value):
         raise BadInput(Reason.INVALID_CASE_ID, f"Sagsnummer {value[:40]!r} is not AES-YYYY-NNNNNNN")
     return value
 
 
-def _event_ref(root: etree._Element) -> str:
-    value = _required(root, HAENDELSE_ID)
+def _event_ref(found: Found) -> str:
+    value = _required(found, HAENDELSE_ID)
     try:
         return str(uuid.UUID(value))
     except ValueError:
         raise BadInput(Reason.INVALID_VALUE, f"HaendelseId {value[:40]!r} is not a UUID") from None
 
 
-def _case_kind(root: etree._Element) -> str | None:
-    value = _text(root, SAGSTYPE)
+def _case_kind(found: Found) -> str | None:
+    value = text_of(found, SAGSTYPE)
     if value is not None and value not in CASE_KINDS:
         raise BadInput(Reason.INVALID_VALUE, f"Sagstype {value[:40]!r} unknown")
     return value
@@ -168,9 +169,10 @@ def parse_element(root: etree._Element, message_id: str) -> ParsedEvent:
     """A parsed `Sagshaendelse` 2.0 element to a ParsedEvent, or BadInput with the reason."""
     if root.tag != ROOT:
         raise BadInput(Reason.WRONG_PAYLOAD_FORM, f"payload root {root.tag!r} is not {ROOT!r}")
-    event_type, category = _event_type(root)
-    occurred_at, occurred_alt = to_utc(parse_xs_datetime(_required(root, TIDSPUNKT)))
-    legacy = _text(root, TIDLIGERE_SAGSID)
+    found = PATHS.collect(root)
+    event_type, category = _event_type(found)
+    occurred_at, occurred_alt = to_utc(parse_xs_datetime(_required(found, TIDSPUNKT)))
+    legacy = text_of(found, TIDLIGERE_SAGSID)
     return ParsedEvent(
         version=Version.V3_0,
         message_id=message_id,
@@ -180,13 +182,13 @@ def parse_element(root: etree._Element, message_id: str) -> ParsedEvent:
         occurred_at=occurred_at,
         occurred_alt=occurred_alt,
         legacy_case_id=normalize_legacy_case_id(legacy) if legacy else None,
-        case_number=_case_number(root),
-        case_kind=_case_kind(root),
-        injury_date=_date(root, SKADESDATO),
-        decision_date=_date(root, AFGOERELSESDATO),
-        cpr=normalize_cpr(_required(root, CPR)),
-        municipality_code=normalize_municipality(_required(root, BOPAELSKOMMUNE)),
-        description=_text(root, TEKST),
-        certificate=_certificate(root, event_type),
-        event_ref=_event_ref(root),
+        case_number=_case_number(found),
+        case_kind=_case_kind(found),
+        injury_date=_date(found, SKADESDATO),
+        decision_date=_date(found, AFGOERELSESDATO),
+        cpr=normalize_cpr(_required(found, CPR)),
+        municipality_code=normalize_municipality(_required(found, BOPAELSKOMMUNE)),
+        description=text_of(found, TEKST),
+        certificate=_certificate(found, event_type),
+        event_ref=_event_ref(found),
     )

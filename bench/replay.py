@@ -1,0 +1,69 @@
+"""Replay throughput against its ceiling, a parse-only lxml pass over the same files.
+
+    .venv/bin/python bench/replay.py [--messages 100000] [--workdir bench/out]
+
+Prints messages/s for both, measured in the same run, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from lxml import etree
+
+from gateway.cli import _simulate, run_replay
+
+MESSAGES_PER_CASE = 6.7  # what the simulator's case mix yields on average
+
+
+def parse_only(files: list[Path]) -> float:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    started = time.perf_counter()
+    for path in files:
+        with contextlib.suppress(etree.XMLSyntaxError):  # the bad input is part of the load
+            etree.fromstring(path.read_bytes(), parser)
+    return len(files) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__)
+    args.add_argument("--messages", type=int, default=100_000)
+    args.add_argument("--workdir", type=Path, default=Path("bench/out/replay"))
+    args.add_argument("--seed", type=int, default=42)
+    opts = args.parse_args()
+    logging.disable(logging.WARNING)  # quarantine warnings are not what is measured
+
+    inbox = opts.workdir / "in"
+    marker = opts.workdir / f"simulated-{opts.messages}-{opts.seed}"
+    if not marker.exists():
+        shutil.rmtree(opts.workdir, ignore_errors=True)
+        _simulate(inbox, int(opts.messages / MESSAGES_PER_CASE), opts.seed, 0.03)
+        marker.touch()
+    files = sorted(inbox.glob("*.xml"))
+    parse_only(files[:5000])  # warm the page cache and lxml
+    ceiling = parse_only(files)
+
+    store = opts.workdir / "bench.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    started = time.perf_counter()
+    summary = asyncio.run(run_replay([inbox], store, str(opts.workdir / "out.jsonl")))
+    elapsed = time.perf_counter() - started
+    rate = len(files) / elapsed
+    key = json.loads((inbox / "answer-key.json").read_text())
+    print(f"messages          {len(files)}")
+    print(f"parse-only (lxml) {ceiling:10.0f} msg/s")
+    print(f"replay            {rate:10.0f} msg/s  ({elapsed:.1f} s, store {store.stat().st_size / 1e6:.0f} MB)")
+    print(f"replay / ceiling  {rate / ceiling:10.2f}")
+    print(f"answer key        {'matches' if summary == key else 'DIFFERS'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import itertools
+import multiprocessing
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from gateway.decide import Result
+import msgspec
+
+from gateway.decide import Prepared, Result, prepare
+from gateway.envelope import EnvelopeReader
 from gateway.model import RawMessage
 from gateway.ports import OutboxRow
 
@@ -48,6 +56,51 @@ class FileDelivery:
 def read_batches(files: Sequence[Path], size: int) -> Iterator[list[FileDelivery]]:
     for start in range(0, len(files), size):
         yield [FileDelivery(path) for path in files[start : start + size]]
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(list[Prepared])
+
+
+def _prepare_files(paths: Sequence[Path], max_bytes: int) -> list[Prepared]:
+    reader = EnvelopeReader(max_bytes=max_bytes)
+    return [prepare(FileDelivery(path).raw, reader) for path in paths]
+
+
+def _prepare_files_encoded(paths: Sequence[Path], max_bytes: int) -> bytes:
+    """Runs in the worker process: read and parse, return the batch as msgpack."""
+    return _ENCODER.encode(_prepare_files(paths, max_bytes))
+
+
+async def prepared_batches(
+    files: Sequence[Path], size: int, max_bytes: int, workers: int = 0
+) -> AsyncIterator[list[Prepared]]:
+    """Batches of read and parsed files, in order.
+
+    With workers, parsing (the CPU-bound half of replay) runs in worker processes a few
+    batches ahead, while this process decides and commits: it uses both cores.
+    """
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    if workers < 1:
+        for chunk in chunks:
+            yield _prepare_files(chunk, max_bytes)
+        return
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        ahead: deque[asyncio.Future[bytes]] = deque()
+        pending = iter(chunks)
+
+        def submit_next() -> None:
+            for chunk in itertools.islice(pending, 1):
+                ahead.append(loop.run_in_executor(pool, _prepare_files_encoded, chunk, max_bytes))
+
+        for _ in range(workers + 2):  # keep the workers a few batches ahead
+            submit_next()
+        while ahead:
+            data = await ahead.popleft()
+            submit_next()
+            yield _DECODER.decode(data)
 
 
 class JsonlSink:

@@ -60,7 +60,8 @@ def main() -> None:
     key = json.loads((inbox / "answer-key.json").read_text())
     print(f"messages          {len(files)}")
     print(f"parse-only (lxml) {ceiling:10.0f} msg/s")
-    print(f"replay            {rate:10.0f} msg/s  ({elapsed:.1f} s, store {store.stat().st_size / 1e6:.0f} MB)")
+    size_mb = store.stat().st_size / 1e6
+    print(f"replay            {rate:10.0f} msg/s  ({elapsed:.1f} s, store {size_mb:.0f} MB)")
     print(f"replay / ceiling  {rate / ceiling:10.2f}")
     print(f"answer key        {'matches' if summary == key else 'DIFFERS'}")
 

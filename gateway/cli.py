@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -12,14 +13,15 @@ from pathlib import Path
 
 import msgspec
 
-from adapters.files import InputError, JsonlSink, list_inputs, read_batches
+from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
 from adapters.sqlite import Store, StoreError
 from gateway import canonical, logs
-from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
+from gateway.envelope import DEFAULT_MAX_BYTES
 from gateway.replay import replay
 from gateway.simulate import simulate
 
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = 1000
+PARALLEL_FROM = 5000  # files
 
 
 class UsageError(Exception):
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--tolerance", type=int, default=120, help="match tolerance in seconds")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
+    p.add_argument("--workers", type=int, help="parsing processes (default: 1 for large inputs)")
 
     sub.add_parser("schema", help="print the JSON Schema of the canonical event")
 
@@ -127,7 +130,7 @@ class _ProgressBar:
 
 async def run_replay(
     inputs: Sequence[Path], store_path: Path, output: str, batch_size: int = DEFAULT_BATCH,
-    tolerance_s: int = 120, max_bytes: int = DEFAULT_MAX_BYTES,
+    tolerance_s: int = 120, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
 ) -> dict[str, object]:
     """Replay files into the store at `store_path`; returns the summary."""
     if batch_size < 1:
@@ -139,8 +142,10 @@ async def run_replay(
         sink.open(truncate=await store.sink_progress(sink.name) is None)
         bar = _ProgressBar(len(files))
         try:
-            tally = await replay(read_batches(files, batch_size), store, sink, tolerance_s, bar,
-                                 EnvelopeReader(max_bytes=max_bytes))
+            if workers is None:  # a worker pays off once there is more than a moment's work
+                workers = 1 if len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1 else 0
+            batches = prepared_batches(files, batch_size, max_bytes, workers)
+            tally = await replay(batches, store, sink, tolerance_s, bar)
         finally:
             bar.close()
             sink.close()
@@ -151,7 +156,7 @@ async def _replay(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="aes-gateway-") as tmp:
         store_path = args.store or Path(tmp) / "replay.db"
         summary = await run_replay(args.inputs, store_path, args.output, args.batch_size,
-                                   args.tolerance, args.max_bytes)
+                                   args.tolerance, args.max_bytes, args.workers)
     if args.summary:
         _write_json(args.summary, summary)
     return 0

@@ -36,13 +36,16 @@ class Pipeline:
         return [prepare(d.raw, self.reader) for d in deliveries]
 
     async def process(self, deliveries: Sequence[Delivery]) -> list[Result]:
-        return await self.commit(deliveries, self.prepare(deliveries))
+        return await self.commit(self.prepare(deliveries), deliveries)
 
-    async def commit(self, deliveries: Sequence[Delivery], batch: list[Prepared]) -> list[Result]:
+    async def commit(
+        self, batch: Sequence[Prepared], deliveries: Sequence[Delivery] = ()
+    ) -> list[Result]:
+        """Decide and commit a prepared batch, then settle its deliveries (if it has any)."""
         state = await self.store.load_state(batch_keys(batch))
         results, effects = decide_batch(batch, state, self.tolerance_s)
         await self.store.commit(batch, results, effects)
-        for delivery, result in zip(deliveries, results, strict=True):
+        for delivery, result in zip(deliveries, results, strict=False):
             await delivery.settle(result)
         for hook in self.hooks:
             hook(batch, results)

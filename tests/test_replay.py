@@ -122,3 +122,17 @@ def test_retention_purge_deletes_old_rows_only(tmp_path: Path) -> None:
                                      "outbox": 0}
     assert asyncio.run(purge(401)) == {"events": 1, "messages": 5, "quarantine": 0, "links": 1,
                                        "outbox": 2}
+
+
+def test_parsing_in_a_worker_process_gives_the_same_stream(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]]
+) -> None:
+    inbox, key = simulated
+    local = replay([inbox], tmp_path / "a.db", tmp_path / "a.jsonl", workers=0)
+    worker = replay([inbox], tmp_path / "b.db", tmp_path / "b.jsonl", workers=1)
+    assert local == worker == key
+    assert (tmp_path / "a.jsonl").read_text().count("\n") == (
+        tmp_path / "b.jsonl").read_text().count("\n")
+    ids_a = [e["event_id"] for e in read_jsonl(tmp_path / "a.jsonl")]
+    ids_b = [e["event_id"] for e in read_jsonl(tmp_path / "b.jsonl")]
+    assert ids_a == ids_b

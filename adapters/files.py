@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import msgspec
 
@@ -39,8 +39,21 @@ def list_inputs(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
+class _NothingToAcknowledge:
+    async def settle(self, deliveries: Sequence[object], results: Sequence[Result]) -> None:
+        return None
+
+    async def fail(self, deliveries: Sequence[object]) -> None:
+        return None
+
+
+NO_ACK: Final = _NothingToAcknowledge()
+
+
 class FileDelivery:
     """A message read from a file; settling it has nothing to acknowledge."""
+
+    settler = NO_ACK
 
     def __init__(self, path: Path) -> None:
         try:
@@ -48,9 +61,6 @@ class FileDelivery:
         except OSError as exc:
             raise InputError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
         self.raw = RawMessage(body, f"file:{path.name}", dt.datetime.now(dt.UTC))
-
-    async def settle(self, result: Result) -> None:
-        return None
 
 
 def read_batches(files: Sequence[Path], size: int) -> Iterator[list[FileDelivery]]:

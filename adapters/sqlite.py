@@ -88,6 +88,9 @@ CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at);
 
 EVENT_COLUMNS: Final = tuple(EventRecord.__struct_fields__)
 _SELECT_EVENTS: Final = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+_SELECT_QUARANTINE: Final = (
+    "SELECT id, message_key, version, reason, detail, source, received_at, body FROM quarantine"
+)
 
 
 class StoreError(Exception):
@@ -95,7 +98,7 @@ class StoreError(Exception):
 
 
 class QuarantineRow(msgspec.Struct, frozen=True):
-    id: int
+    seq: int  # the quarantine id; named like the outbox's so one relay serves both
     message_key: str
     version: str | None
     reason: str
@@ -324,13 +327,18 @@ class Store:
                 "only_3_0": by_bits.get(2, 0)}
 
     async def quarantined(self, ids: Iterable[int] | None = None) -> list[QuarantineRow]:
-        query = "SELECT id, message_key, version, reason, detail, source, received_at, body" \
-                " FROM quarantine"
+        query = _SELECT_QUARANTINE
         params: list[int] = []
         if ids is not None:
             params = list(ids)
             query += f" WHERE id IN ({_placeholders(params)})"
         rows = await self._conn.execute_fetchall(query + " ORDER BY id", params)
+        return [QuarantineRow(*row) for row in rows]
+
+    async def quarantine_after(self, seq: int, limit: int) -> list[QuarantineRow]:
+        rows = await self._conn.execute_fetchall(
+            f"{_SELECT_QUARANTINE} WHERE id > ? ORDER BY id LIMIT ?", (seq, limit)
+        )
         return [QuarantineRow(*row) for row in rows]
 
     async def release_quarantined(self, rows: Sequence[QuarantineRow]) -> None:
@@ -341,7 +349,7 @@ class Store:
             [(row.message_key,) for row in rows],
         )
         await self._conn.executemany(
-            "DELETE FROM quarantine WHERE id = ?", [(row.id,) for row in rows]
+            "DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in rows]
         )
         await self._conn.execute("COMMIT")
 

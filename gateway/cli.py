@@ -181,7 +181,7 @@ async def _quarantine(args: argparse.Namespace) -> int:
     async with await Store.open(args.store) as store:
         if args.action == "list":
             for row in await store.quarantined():
-                print(json.dumps({"id": row.id, "message_key": row.message_key,
+                print(json.dumps({"id": row.seq, "message_key": row.message_key,
                                   "version": row.version, "reason": row.reason,
                                   "detail": row.detail, "source": row.source}))
             return 0
@@ -192,7 +192,10 @@ async def _quarantine(args: argparse.Namespace) -> int:
             if not rows:
                 raise UsageError(f"no quarantined message with id {args.id}")
             row = rows[0]
-            print(json.dumps({**msgspec.to_builtins(row), "body": None}, indent=2))
+            fields = msgspec.to_builtins(row)
+            fields["id"] = fields.pop("seq")
+            fields.pop("body")
+            print(json.dumps(fields, indent=2))
             sys.stdout.write(logs.mask(row.body.decode("utf-8", "replace")) + "\n")
             return 0
         rows = await store.quarantined(None if args.id is None else [args.id])

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from gateway.decide import Prepared, Result, batch_keys, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Outcome
-from gateway.ports import Delivery, Sink, Store
+from gateway.ports import Delivery, Settler, Sink, Store
 
 log = logging.getLogger("aes_gateway.pipeline")
 
 ResultHook = Callable[[Sequence[Prepared], Sequence[Result]], None]
+Fetch = Callable[[int, int], Awaitable[Sequence[Any]]]
+Send = Callable[[Sequence[Any]], Awaitable[None]]
 
 
 class Pipeline:
@@ -42,16 +46,30 @@ class Pipeline:
         self, batch: Sequence[Prepared], deliveries: Sequence[Delivery] = ()
     ) -> list[Result]:
         """Decide and commit a prepared batch, then settle its deliveries (if it has any)."""
-        state = await self.store.load_state(batch_keys(batch))
-        results, effects = decide_batch(batch, state, self.tolerance_s)
-        await self.store.commit(batch, results, effects)
-        for delivery, result in zip(deliveries, results, strict=False):
-            await delivery.settle(result)
+        try:
+            state = await self.store.load_state(batch_keys(batch))
+            results, effects = decide_batch(batch, state, self.tolerance_s)
+            await self.store.commit(batch, results, effects)
+        except Exception:
+            for settler, group in _by_settler(deliveries, [None] * len(deliveries)).items():
+                await settler.fail([d for d, _ in group])
+            raise
+        for settler, group in _by_settler(deliveries, results if deliveries else []).items():
+            await settler.settle([d for d, _ in group], [r for _, r in group if r is not None])
         for hook in self.hooks:
             hook(batch, results)
         _log_outcomes(batch, results)
         self.committed.set()
         return results
+
+
+def _by_settler(
+    deliveries: Sequence[Delivery], results: Sequence[Result | None]
+) -> dict[Settler, list[tuple[Delivery, Result | None]]]:
+    groups: dict[Settler, list[tuple[Delivery, Result | None]]] = {}
+    for delivery, result in zip(deliveries, results, strict=True):
+        groups.setdefault(delivery.settler, []).append((delivery, result))
+    return groups
 
 
 def _log_outcomes(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
@@ -71,32 +89,45 @@ def _log_outcomes(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
 
 
 class Relay:
-    """Feeds one sink from the outbox, in order, remembering its progress in the store."""
+    """Feeds one sink from one stored feed (the outbox, or the quarantine), in order,
+    remembering its progress in the store. A crash between send and mark may repeat rows."""
 
-    def __init__(self, store: Store, sink: Sink, batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        batch_size: int = 1000,
+        name: str | None = None,
+        fetch: Fetch | None = None,
+        send: Send | None = None,
+    ) -> None:
         self.store = store
         self.sink = sink
+        self.name = name or sink.name
         self.batch_size = batch_size
+        self._fetch: Fetch = fetch or store.outbox_after
+        self._send: Send = send or sink.send
         self.position = 0
+        self.wake = asyncio.Event()
 
     async def start(self, from_end: int | None = None) -> bool:
         """Load progress; a new sink starts at `from_end` (or the beginning). True if new."""
-        known = await self.store.sink_progress(self.sink.name)
+        known = await self.store.sink_progress(self.name)
         if known is not None:
             self.position = known
             return False
         self.position = from_end or 0
-        await self.store.register_sink(self.sink.name, self.position)
+        await self.store.register_sink(self.name, self.position)
         return True
 
     async def pump(self) -> int:
         """Relay one chunk; returns how many rows went out."""
-        rows = await self.store.outbox_after(self.position, self.batch_size)
+        rows = await self._fetch(self.position, self.batch_size)
         if not rows:
             return 0
-        await self.sink.send(rows)
+        await self._send(rows)
         self.position = rows[-1].seq
-        await self.store.mark_sent(self.sink.name, self.position)
+        await self.store.mark_sent(self.name, self.position)
         return len(rows)
 
     async def drain(self) -> int:
@@ -104,3 +135,20 @@ class Relay:
         while (sent := await self.pump()) > 0:
             total += sent
         return total
+
+    async def run(self, poll_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
+        """Relay forever: woken after commits, polling now and then, backing off on errors."""
+        backoff = 0.5
+        while True:
+            try:
+                await self.drain()
+                backoff = 0.5
+            except Exception:  # the sink is down: keep the rows, try again later
+                log.warning("sink %s failed; retrying in %.1f s", self.name, backoff,
+                            exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), poll_s)

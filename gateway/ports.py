@@ -24,12 +24,23 @@ class OutboxRow(msgspec.Struct, frozen=True):
 
 
 class Delivery(Protocol):
-    """A message from a source; settled only after its outcome is committed."""
+    """A message from a source; settled by its settler only after its outcome is committed."""
 
     @property
     def raw(self) -> RawMessage: ...
 
-    async def settle(self, result: Result) -> None: ...
+    @property
+    def settler(self) -> Settler: ...
+
+
+class Settler(Protocol):
+    """Acknowledges a source's deliveries, a batch at a time (e.g. one multiple-ack)."""
+
+    async def settle(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
+        """The outcomes are committed: acknowledge."""
+
+    async def fail(self, deliveries: Sequence[Delivery]) -> None:
+        """The outcomes could not be committed: hand the messages back (nack, HTTP 40)."""
 
 
 class Sink(Protocol):

@@ -1,0 +1,182 @@
+"""Configuration: TOML decoded into msgspec Structs, validated at start-up.
+
+Unknown keys are errors that name the key. A string value `${NAME}` is read from the
+environment variable NAME, so secrets stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway.envelope import DEFAULT_MAX_BYTES
+from gateway.formats import DEFAULT_BESKEDTYPES
+from gateway.model import Version
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class TlsConfig(Strict):
+    ca_file: str | None = None  # trust anchors for the peer (default: the system's)
+    cert_file: str | None = None  # our certificate (client cert, or the push server's)
+    key_file: str | None = None
+    require_client_cert: bool = False  # push receiver: verify the BFO function certificate
+
+
+class StsConfig(Strict):
+    """KOMBIT's security token service (REST variant); the token is the SASL EXTERNAL response."""
+
+    url: str
+    cvr: str
+    tls: TlsConfig  # mutual TLS with the organisation's OCES3 certificate
+    entity_id: str = "http://entityid.kombit.dk/service/bfo_modtag/2"
+    refresh_before_seconds: int = 300
+
+
+class AmqpSource(Strict, tag_field="type", tag="amqp"):
+    url: str
+    queue: str
+    prefetch: int = 1000
+    tls: TlsConfig | None = None
+    sts: StsConfig | None = None  # set for the Beskedfordeler: SASL EXTERNAL with a SAML token
+
+
+class PushSource(Strict, tag_field="type", tag="push"):
+    listen: str = "0.0.0.0:8443"
+    path: str = "/"
+    tls: TlsConfig | None = None
+    timeout_seconds: float = 30.0
+
+
+class AmqpSink(Strict, tag_field="type", tag="amqp"):
+    url: str
+    exchange: str = "aes.case-events"
+    quarantine_exchange: str | None = "aes.quarantine"
+    confirm_window: int = 256
+    tls: TlsConfig | None = None
+
+
+class JsonlSink(Strict, tag_field="type", tag="jsonl"):
+    path: str
+
+
+class StoreConfig(Strict):
+    path: str = "gateway.db"
+    retention_days: int = 400
+    batch_size: int = 500
+    batch_wait_ms: int = 20
+
+
+class MatchingConfig(Strict):
+    tolerance_seconds: int = 120
+    max_message_bytes: int = DEFAULT_MAX_BYTES
+    beskedtypes: dict[str, Version] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_BESKEDTYPES)
+    )
+
+
+class HttpConfig(Strict):
+    listen: str | None = "127.0.0.1:9464"
+
+
+class Config(Strict):
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    matching: MatchingConfig = msgspec.field(default_factory=MatchingConfig)
+    sources: list[AmqpSource | PushSource] = msgspec.field(default_factory=list)
+    sinks: list[AmqpSink | JsonlSink] = msgspec.field(default_factory=list)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+
+
+def _expand(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{where}: environment variable {name!r} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(lookup, value)
+    return value
+
+
+def _validate(config: Config) -> None:
+    if not config.sources:
+        raise ConfigError("no [[sources]]: the gateway would have nothing to read")
+    if not config.sinks:
+        raise ConfigError("no [[sinks]]: the gateway would have nowhere to emit")
+    if config.store.batch_size < 1 or config.store.batch_wait_ms < 0:
+        raise ConfigError("store.batch_size must be at least 1 and batch_wait_ms at least 0")
+    for index, source in enumerate(config.sources):
+        if isinstance(source, AmqpSource) and source.prefetch < 1:
+            raise ConfigError(f"sources[{index}].prefetch must be at least 1")
+        if isinstance(source, AmqpSource) and source.sts and not source.url.startswith("amqps"):
+            raise ConfigError(f"sources[{index}]: SASL EXTERNAL with a token needs amqps://")
+    for index, sink in enumerate(config.sinks):
+        if isinstance(sink, AmqpSink) and sink.confirm_window < 1:
+            raise ConfigError(f"sinks[{index}].confirm_window must be at least 1")
+
+
+def parse(text: str) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from exc
+    try:
+        config = msgspec.convert(_expand(raw, "$"), Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from exc
+    _validate(config)
+    return config
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    return parse(text)
+
+
+def explain(config: Config) -> list[str]:
+    """What the configuration will do, for `config check`."""
+    lines = [f"store: {config.store.path} (retention {config.store.retention_days} days, "
+             f"group commit of up to {config.store.batch_size} messages)"]
+    for source in config.sources:
+        if isinstance(source, AmqpSource):
+            auth = "SASL EXTERNAL with an STS token" if source.sts else "user/password"
+            lines.append(f"source: AMQP queue {source.queue!r} at {_redact(source.url)} ({auth}, "
+                         f"prefetch {source.prefetch})")
+        else:
+            scheme = "https" if source.tls else "http"
+            lines.append(f"source: push receiver on {scheme}://{source.listen}{source.path}")
+    for sink in config.sinks:
+        if isinstance(sink, AmqpSink):
+            lines.append(f"sink: AMQP exchange {sink.exchange!r} at {_redact(sink.url)}"
+                         f" (quarantine to {sink.quarantine_exchange!r})")
+        else:
+            lines.append(f"sink: JSON Lines file {sink.path}")
+    lines.append(f"http: {config.http.listen or 'off'}")
+    return lines
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):([^@]*)@", r"//\1:***@", url)
+

@@ -15,7 +15,7 @@ import msgspec
 
 from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
 from adapters.sqlite import Store, StoreError
-from gateway import canonical, logs
+from gateway import canonical, config, logs
 from gateway.envelope import DEFAULT_MAX_BYTES
 from gateway.replay import replay
 from gateway.simulate import simulate
@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="-", help="replay: JSON Lines output")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
 
+    p = sub.add_parser("run", help="the live service: sources -> store -> sinks")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--until-idle", type=float, metavar="SECONDS",
+                   help="drain the sources and exit after this long without input")
+
+    p = sub.add_parser("config", help="validate a configuration and explain it")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("--config", type=Path, required=True)
+
     p = sub.add_parser("purge", help="delete stored data older than the retention period")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--retention-days", type=int, default=400)
@@ -73,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(asyncio.run(_dispatch(args)) or 0)
-    except (UsageError, InputError, StoreError, OSError) as exc:
+    except (UsageError, InputError, StoreError, config.ConfigError, OSError) as exc:
         print(f"aes-gateway: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -92,6 +101,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if command == "quarantine":
         return await _quarantine(args)
+    if command == "run":
+        from adapters import runtime  # the live service's dependencies load only here
+
+        await runtime.run(config.load(args.config), args.until_idle)
+        return 0
+    if command == "config":
+        loaded = config.load(args.config)
+        print("\n".join(["configuration is valid:", *config.explain(loaded)]))
+        return 0
     if command == "purge":
         if args.retention_days < 1:
             raise UsageError("--retention-days must be at least 1")

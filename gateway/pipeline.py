@@ -130,6 +130,9 @@ class Relay:
         await self.store.mark_sent(self.name, self.position)
         return len(rows)
 
+    async def caught_up(self) -> bool:
+        return not await self._fetch(self.position, 1)
+
     async def drain(self) -> int:
         total = 0
         while (sent := await self.pump()) > 0:

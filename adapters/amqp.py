@@ -1,0 +1,223 @@
+"""AMQP 0-9-1 with aio-pika: Beskedfordeler mailboxes in, the canonical topic exchange out."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from adapters.sqlite import QuarantineRow
+from adapters.tls import client_context
+from gateway.config import AmqpSink as AmqpSinkConfig
+from gateway.config import AmqpSource as AmqpSourceConfig
+from gateway.config import TlsConfig
+from gateway.decide import Result
+from gateway.model import RawMessage
+from gateway.ports import Delivery, OutboxRow
+
+log = logging.getLogger("aes_gateway.amqp")
+
+Connector = Callable[[], Awaitable[AbstractRobustConnection]]
+AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+def plain_connector(url: str, tls: TlsConfig | None) -> Connector:
+    """User and password from the URL (local brokers); TLS verified for amqps://."""
+
+    async def connect() -> AbstractRobustConnection:
+        ssl_context = client_context(tls) if url.startswith("amqps") else None
+        return await aio_pika.connect_robust(url, ssl_context=ssl_context, timeout=10)
+
+    return connect
+
+
+async def connect_with_backoff(
+    connect: Connector, what: str, stop: asyncio.Event, max_backoff_s: float = 30.0
+) -> AbstractRobustConnection | None:
+    """The first connection; aio-pika's robust connection reconnects after that."""
+    backoff = 0.5
+    while not stop.is_set():
+        try:
+            return await connect()
+        except AMQP_ERRORS as exc:
+            log.warning("cannot connect %s: %s; retrying in %.1f s", what, exc, backoff)
+            try:
+                await asyncio.wait_for(stop.wait(), backoff)
+            except TimeoutError:
+                backoff = min(backoff * 2, max_backoff_s)
+    return None
+
+
+class AmqpDelivery:
+    __slots__ = ("message", "raw", "settler")
+
+    def __init__(self, raw: RawMessage, message: AbstractIncomingMessage, settler: AmqpSource):
+        self.raw = raw
+        self.message = message
+        self.settler = settler
+
+
+class AmqpSource:
+    """Consumes one queue with manual acks; acknowledges a committed batch with one multiple-ack
+    per channel. Messages of a channel lost before their ack are redelivered by the broker and
+    recognised as redeliveries."""
+
+    def __init__(
+        self, config: AmqpSourceConfig, intake: asyncio.Queue[Delivery], connect: Connector
+    ) -> None:
+        self.config = config
+        self.intake = intake
+        self.connect = connect
+        self.name = f"amqp:{config.queue}"
+        self.connected = False
+        self.last_message_at: float | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._consumer_tag: str | None = None
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        self._connection = await connect_with_backoff(self.connect, self.name, stop)
+        if self._connection is None:
+            return False
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self.config.prefetch)
+        queue = await self._channel.get_queue(self.config.queue, ensure=False)
+        self._consumer_tag = await queue.consume(self._on_message, no_ack=False)
+        self.connected = True
+        log.info("consuming", extra={"source": self.name})
+        return True
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.last_message_at = asyncio.get_running_loop().time()
+        raw = RawMessage(message.body, self.name, dt.datetime.now(dt.UTC))
+        await self.intake.put(AmqpDelivery(raw, message, self))  # bounded: backpressure
+
+    async def stop_consuming(self) -> None:
+        if self._channel is not None and self._consumer_tag is not None:
+            queue = await self._channel.get_queue(self.config.queue, ensure=False)
+            try:
+                await queue.cancel(self._consumer_tag)
+            except AMQP_ERRORS:
+                log.info("consumer already gone", extra={"source": self.name})
+            self._consumer_tag = None
+
+    async def close(self) -> None:
+        self.connected = False
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def settle(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
+        for message in _last_per_channel(deliveries):
+            try:
+                await message.ack(multiple=True)
+            except (*AMQP_ERRORS, RuntimeError) as exc:
+                # the channel closed after delivery: the broker redelivers, we recognise them
+                log.warning("ack lost (%s); the broker will redeliver", exc,
+                            extra={"source": self.name})
+
+    async def fail(self, deliveries: Sequence[Delivery]) -> None:
+        for message in _last_per_channel(deliveries):
+            try:
+                await message.nack(multiple=True, requeue=True)
+            except (*AMQP_ERRORS, RuntimeError) as exc:
+                log.warning("nack lost (%s)", exc, extra={"source": self.name})
+
+
+def _last_per_channel(deliveries: Sequence[Delivery]) -> list[AbstractIncomingMessage]:
+    last: dict[int, AbstractIncomingMessage] = {}
+    for delivery in deliveries:
+        assert isinstance(delivery, AmqpDelivery)  # noqa: S101 - settled by its own source
+        message = delivery.message
+        current = last.get(id(message.channel))
+        if current is None or (message.delivery_tag or 0) > (current.delivery_tag or 0):
+            last[id(message.channel)] = message
+    return list(last.values())
+
+
+def routing_key(row: OutboxRow) -> str:
+    """`<municipality_code>.<category>.<event_type>`; `unknown` when AES does not know it."""
+    return f"{row.municipality_code or 'unknown'}.{row.category}.{row.event_type}"
+
+
+class AmqpSink:
+    """Publishes the outbox to a durable topic exchange with publisher confirms, a window of
+    messages in flight at once; quarantined messages go to the quarantine exchange."""
+
+    def __init__(self, config: AmqpSinkConfig, connect: Connector, name: str) -> None:
+        self.config = config
+        self.connect = connect
+        self.name = name
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+        self._quarantine: AbstractExchange | None = None
+
+    async def _exchanges(self) -> tuple[AbstractExchange, AbstractExchange | None]:
+        if self._exchange is None:
+            if self._connection is None:
+                self._connection = await self.connect()
+            channel = await self._connection.channel(publisher_confirms=True)
+            self._exchange = await channel.declare_exchange(
+                self.config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            if self.config.quarantine_exchange:
+                self._quarantine = await channel.declare_exchange(
+                    self.config.quarantine_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+        return self._exchange, self._quarantine
+
+    async def send(self, rows: Sequence[OutboxRow]) -> None:
+        exchange, _ = await self._exchanges()
+        await _confirmed(exchange, [
+            (aio_pika.Message(
+                row.body,
+                content_type="application/json",
+                message_id=row.event_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ), routing_key(row))
+            for row in rows
+        ])
+
+    async def send_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
+        _, exchange = await self._exchanges()
+        if exchange is None:
+            return
+        await _confirmed(exchange, [
+            (aio_pika.Message(
+                row.body,
+                content_type="application/xml",
+                message_id=row.message_key,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={"reason": row.reason, "detail": row.detail or "",
+                         "version": row.version or "unknown", "source": row.source},
+            ), f"{row.version or 'unknown'}.{row.reason}")
+            for row in rows
+        ])
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+
+async def _confirmed(exchange: AbstractExchange, messages: list[tuple[Any, str]]) -> None:
+    """Publish all, then wait for every confirm: the window is pipelined, not one by one."""
+    results = await asyncio.gather(
+        *(exchange.publish(message, key, mandatory=False) for message, key in messages),
+        return_exceptions=True,
+    )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    nacked = [r for r in results if not isinstance(r, aiormq.spec.Basic.Ack | type(None))]
+    if nacked:
+        raise ConnectionError(f"broker refused {len(nacked)} of {len(results)} messages")

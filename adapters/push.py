@@ -1,0 +1,109 @@
+"""The push receiver (…BeskedModtag): BFO POSTs ModtagBeskedInput; we answer StatusKode 20 only
+after the message's outcome is committed, and 40 when we cannot accept it now."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+from aiohttp import web
+
+from adapters.tls import server_context
+from gateway.config import PushSource as PushConfig
+from gateway.decide import Result
+from gateway.model import RawMessage
+from gateway.ports import Delivery
+
+log = logging.getLogger("aes_gateway.push")
+
+RECEIVED: Final = 20
+NOT_NOW: Final = 40
+ANSWER: Final = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<ModtagBeskedOutput xmlns="urn:oio:sts:1.0.0"><StandardRetur xmlns="urn:oio:sagdok:3.0.0">'
+    "<StatusKode>{code}</StatusKode><FejlbeskedTekst>{text}</FejlbeskedTekst></StandardRetur>"
+    "</ModtagBeskedOutput>"
+)
+
+
+def answer(code: int, text: str = "") -> web.Response:
+    return web.Response(body=ANSWER.format(code=code, text=text).encode(),
+                        content_type="application/xml", charset="utf-8")
+
+
+class PushDelivery:
+    __slots__ = ("done", "raw", "settler")
+
+    def __init__(self, raw: RawMessage, settler: PushReceiver) -> None:
+        self.raw = raw
+        self.settler = settler
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+
+class PushReceiver:
+    def __init__(
+        self, config: PushConfig, intake: asyncio.Queue[Delivery], max_bytes: int
+    ) -> None:
+        self.config = config
+        self.intake = intake
+        self.name = f"push:{config.listen}"
+        self.connected = False
+        self.last_message_at: float | None = None
+        self._runner: web.AppRunner | None = None
+        self._accepting = True
+        app = web.Application(client_max_size=max_bytes + 64 * 1024)
+        app.router.add_post(config.path, self._receive)
+        self.app = app
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        if not self._accepting:
+            return answer(NOT_NOW, "shutting down")
+        body = await request.read()
+        self.last_message_at = asyncio.get_running_loop().time()
+        delivery = PushDelivery(RawMessage(body, self.name, dt.datetime.now(dt.UTC)), self)
+        try:
+            self.intake.put_nowait(delivery)
+        except asyncio.QueueFull:
+            return answer(NOT_NOW, "overloaded")
+        try:
+            committed = await asyncio.wait_for(
+                asyncio.shield(delivery.done), self.config.timeout_seconds
+            )
+        except TimeoutError:
+            return answer(NOT_NOW, "not stored in time")
+        return answer(RECEIVED) if committed else answer(NOT_NOW, "store unavailable")
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        host, _, port = self.config.listen.rpartition(":")
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        ssl_context = server_context(self.config.tls) if self.config.tls else None
+        site = web.TCPSite(self._runner, host or None, int(port), ssl_context=ssl_context)
+        await site.start()
+        self.connected = True
+        log.info("push receiver listening", extra={"source": self.name})
+        return True
+
+    async def stop_consuming(self) -> None:
+        self._accepting = False
+
+    async def close(self) -> None:
+        self.connected = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def settle(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
+        _resolve(deliveries, True)
+
+    async def fail(self, deliveries: Sequence[Delivery]) -> None:
+        _resolve(deliveries, False)
+
+
+def _resolve(deliveries: Sequence[Delivery], committed: bool) -> None:
+    for delivery in deliveries:
+        assert isinstance(delivery, PushDelivery)  # noqa: S101 - settled by its own receiver
+        if not delivery.done.done():
+            delivery.done.set_result(committed)

@@ -1,0 +1,168 @@
+"""The live service over ports: sources feed one intake, batches are decided and group-committed,
+relays feed the sinks from the store. Adapters are built and passed in by adapters/runtime.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from gateway.pipeline import Pipeline, Relay
+from gateway.ports import Delivery
+
+log = logging.getLogger("aes_gateway.service")
+
+
+class Source(Protocol):
+    name: str
+    connected: bool
+    last_message_at: float | None
+
+    async def start(self, stop: asyncio.Event) -> bool: ...
+
+    async def stop_consuming(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Service:
+    """Runs until `stop` is set, or, with `until_idle`, once nothing arrived for that long and
+    every sink has everything."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        intake: asyncio.Queue[Delivery],
+        sources: Sequence[Source],
+        relays: Sequence[Relay],
+        batch_size: int = 500,
+        batch_wait_s: float = 0.02,
+        closers: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        self.pipeline = pipeline
+        self.intake = intake
+        self.sources = list(sources)
+        self.relays = list(relays)
+        self.batch_size = batch_size
+        self.batch_wait_s = batch_wait_s
+        self.closers = list(closers)
+        self.store_ok = True
+        self._busy = False
+        self._last_activity = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.store_ok and all(source.connected for source in self.sources)
+
+    async def run(self, stop: asyncio.Event, until_idle: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        for relay in self.relays:
+            await relay.start()
+        tasks = [asyncio.create_task(relay.run(), name=f"relay {relay.name}")
+                 for relay in self.relays]
+        batcher = asyncio.create_task(self._batches(), name="batcher")
+        starting = [asyncio.create_task(source.start(stop)) for source in self.sources]
+        try:
+            if until_idle is None:
+                await stop.wait()
+            else:
+                await self._until_idle(stop, until_idle)
+        finally:
+            for task in starting:
+                task.cancel()
+            await self._shutdown(batcher, tasks)
+
+    async def _batches(self) -> None:
+        while True:
+            batch = [await self.intake.get()]
+            self._busy = True
+            try:
+                await self._fill(batch)
+                await self._process(batch)
+            finally:
+                self._busy = False
+
+    async def _fill(self, batch: list[Delivery]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_s
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self.intake.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                batch.append(await asyncio.wait_for(self.intake.get(), remaining))
+            except TimeoutError:
+                return
+
+    async def _process(self, batch: list[Delivery]) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self.pipeline.process(batch)
+            except Exception:  # the store cannot write: nothing was acknowledged
+                self.store_ok = False
+                log.exception("batch not committed; the sources get the messages back")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                return  # nacked / answered 40: the sources deliver them again
+            self.store_ok = True
+            self._last_activity = asyncio.get_running_loop().time()
+            for relay in self.relays:
+                relay.wake.set()
+            return
+
+    async def _caught_up(self) -> bool:
+        for relay in self.relays:
+            if not await relay.caught_up():
+                return False
+        return True
+
+    async def _until_idle(self, stop: asyncio.Event, idle_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            quiet = loop.time() - max(
+                [self._last_activity]
+                + [s.last_message_at for s in self.sources if s.last_message_at is not None]
+            )
+            idle = quiet >= idle_s and self.intake.empty() and not self._busy
+            if idle and await self._caught_up():
+                log.info("idle for %.1f s and every sink has everything: stopping", idle_s)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+    async def _shutdown(
+        self, batcher: asyncio.Task[None], relays: list[asyncio.Task[None]]
+    ) -> None:
+        """Stop taking input, decide and acknowledge what was delivered, let sinks catch up."""
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.stop_consuming()
+        while not self.intake.empty() or self._busy:  # noqa: ASYNC110 - two conditions, polled
+            await asyncio.sleep(0.02)
+        batcher.cancel()
+        for relay in self.relays:
+            relay.wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wait_caught_up(), 10)
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(batcher, *relays, return_exceptions=True)
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.close()
+        for close in self.closers:
+            with contextlib.suppress(Exception):
+                await close()
+
+    async def _wait_caught_up(self) -> None:
+        while not await self._caught_up():  # noqa: ASYNC110 - the store is polled, not signalled
+            await asyncio.sleep(0.05)

@@ -1,0 +1,132 @@
+"""Helpers for tests against the real RabbitMQ on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aio_pika
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@dataclass
+class Topology:
+    """Uniquely named mailboxes and exchanges, with queues that collect what the gateway emits."""
+
+    prefix: str
+
+    @property
+    def q22(self) -> str:
+        return f"{self.prefix}.mailbox-2.2"
+
+    @property
+    def q30(self) -> str:
+        return f"{self.prefix}.mailbox-3.0"
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.prefix}.case-events"
+
+    @property
+    def quarantine_exchange(self) -> str:
+        return f"{self.prefix}.quarantine"
+
+    @property
+    def events_queue(self) -> str:
+        return f"{self.prefix}.collected-events"
+
+    @property
+    def quarantine_queue(self) -> str:
+        return f"{self.prefix}.collected-quarantine"
+
+
+async def declare() -> Topology:
+    topo = Topology(f"test-{uuid.uuid4().hex[:8]}")
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for name in (topo.q22, topo.q30):
+            await channel.declare_queue(name, durable=True)
+        for exchange_name, queue_name in ((topo.exchange, topo.events_queue),
+                                          (topo.quarantine_exchange, topo.quarantine_queue)):
+            exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC,
+                                                      durable=True)
+            queue = await channel.declare_queue(queue_name, durable=True)
+            await queue.bind(exchange, "#")
+    return topo
+
+
+async def publish(queue: str, bodies: Sequence[bytes]) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await asyncio.gather(*(
+            channel.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), queue)
+            for body in bodies
+        ))
+
+
+async def drain(queue: str, idle_s: float = 1.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Everything in the queue (acknowledged), stopping after `idle_s` without a message."""
+    messages = []
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        q = await channel.get_queue(queue)
+        while True:
+            message = await q.get(fail=False, timeout=5)
+            if message is None:
+                await asyncio.sleep(idle_s)
+                message = await q.get(fail=False, timeout=5)
+                if message is None:
+                    return messages
+            await message.ack()
+            messages.append(message)
+
+
+async def depth(queue: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, durable=True, passive=True)
+        return declared.declaration_result.message_count or 0
+
+
+async def delete(topo: Topology) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for name in (topo.q22, topo.q30, topo.events_queue, topo.quarantine_queue):
+            await channel.queue_delete(name)
+        for name in (topo.exchange, topo.quarantine_exchange):
+            await channel.exchange_delete(name)
+
+
+def config_toml(topo: Topology, store: str, extra: str = "") -> str:
+    return f"""
+[store]
+path = "{store}"
+batch_size = 200
+[[sources]]
+type = "amqp"
+url = "{AMQP_URL}"
+queue = "{topo.q22}"
+prefetch = 300
+[[sources]]
+type = "amqp"
+url = "{AMQP_URL}"
+queue = "{topo.q30}"
+prefetch = 300
+[[sinks]]
+type = "amqp"
+url = "{AMQP_URL}"
+exchange = "{topo.exchange}"
+quarantine_exchange = "{topo.quarantine_exchange}"
+[http]
+listen = "127.0.0.1:0"
+{extra}
+"""

@@ -1,0 +1,47 @@
+"""`aes-gateway run` against the real RabbitMQ: two mailboxes in, the canonical exchange out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+from gateway.model import Version
+from gateway.simulate import simulate
+from tests import brokers
+from tests.conftest import run_cli
+
+
+def test_both_versions_from_two_queues_give_each_event_once(tmp_path: Path) -> None:
+    sim = simulate(cases=80, seed=21, bad_share=0.05, scenarios=False)
+    key = sim.answer_key()
+    topo = asyncio.run(brokers.declare())
+    try:
+        by_queue = {topo.q22: [m.body for m in sim.messages if m.version is Version.V2_2],
+                    topo.q30: [m.body for m in sim.messages if m.version is not Version.V2_2]}
+        for queue, bodies in by_queue.items():
+            asyncio.run(brokers.publish(queue, bodies))
+        config = tmp_path / "gateway.toml"
+        config.write_text(brokers.config_toml(topo, str(tmp_path / "gateway.db")))
+        run_cli("run", "--config", str(config), "--until-idle", "1.5")
+
+        events = asyncio.run(brokers.drain(topo.events_queue))
+        quarantined = asyncio.run(brokers.drain(topo.quarantine_queue, idle_s=0.2))
+        remaining = [asyncio.run(brokers.depth(q)) for q in (topo.q22, topo.q30)]
+    finally:
+        asyncio.run(brokers.delete(topo))
+
+    bodies = [json.loads(m.body) for m in events]
+    ids = [m.message_id for m in events]
+    assert len(set(ids)) == len(ids), "an event reached the exchange twice"
+    assert ids == [b["event_id"] for b in bodies]
+    assert len(events) == key["emitted"] + key["case_links"]  # type: ignore[operator]
+    assert all(m.routing_key == f"{b['person']['municipality_code'] or 'unknown'}."
+               f"{b['category']}.{b['event_type']}" for m, b in zip(events, bodies, strict=True))
+    assert all(m.delivery_mode == 2 and m.content_type == "application/json" for m in events)
+    reasons = Counter(str((m.headers or {})["reason"]) for m in quarantined)
+    assert dict(reasons) == key["quarantined_by_reason"]
+    assert remaining == [0, 0], "every mailbox message is acknowledged"
+    print(f"{key['messages']} messages from two queues: {len(events)} on the exchange, "
+          f"{len(quarantined)} in quarantine, as keyed")

@@ -1,0 +1,194 @@
+"""The push receiver: StatusKode 20 only after the outcome is committed, 40 when it cannot."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from adapters.push import PushReceiver
+from adapters.runtime import run
+from adapters.sqlite import Store
+from gateway import config as cfg
+from gateway.correlate import CorrelationState, Effects
+from gateway.decide import BatchKeys, Prepared, Result
+from gateway.pipeline import Pipeline
+from gateway.ports import Delivery, OutboxRow
+from gateway.service import Service
+from tests.conftest import read_jsonl
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PUSH_BODY = (FIXTURES / "v30-push-body.xml").read_bytes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def status_code(answer: str) -> int:
+    return int(answer.split("<StatusKode>")[1].split("<")[0])
+
+
+async def post(url: str, body: bytes, ssl_context: ssl.SSLContext | None = None) -> str:
+    async with aiohttp.ClientSession() as session, session.post(
+        url, data=body, ssl=ssl_context if ssl_context else False
+    ) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def serve_and_post(
+    config: cfg.Config, url: str, bodies: Sequence[bytes], ssl_context: ssl.SSLContext | None
+) -> list[str]:
+    service = asyncio.create_task(run(config, until_idle=0.5))
+    for _ in range(100):
+        try:
+            answers = [await post(url, body, ssl_context) for body in bodies]
+            break
+        except aiohttp.ClientConnectorError:
+            await asyncio.sleep(0.05)
+    await service
+    return answers
+
+
+def test_push_answers_20_after_commit_and_the_event_is_out(tmp_path: Path) -> None:
+    port = free_port()
+    config = cfg.parse(f"""
+        [store]
+        path = "{tmp_path / 'g.db'}"
+        [[sources]]
+        type = "push"
+        listen = "127.0.0.1:{port}"
+        path = "/beskedmodtag"
+        [[sinks]]
+        type = "jsonl"
+        path = "{tmp_path / 'out.jsonl'}"
+        [http]
+        listen = "127.0.0.1:0"
+    """)
+    answers = asyncio.run(serve_and_post(config, f"http://127.0.0.1:{port}/beskedmodtag",
+                                         [PUSH_BODY, PUSH_BODY, b"<not xml"], None))
+    assert [status_code(a) for a in answers] == [20, 20, 20]  # a refused message is stored too
+    assert "ModtagBeskedOutput" in answers[0]
+    assert [e["event_type"] for e in read_jsonl(tmp_path / "out.jsonl")] == [
+        "rejected", "case_linked"]
+
+
+def test_push_over_https_verifies_the_client_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("bfo-function-certificate")
+    server.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port = free_port()
+    config = cfg.parse(f"""
+        [store]
+        path = "{tmp_path / 'g.db'}"
+        [[sources]]
+        type = "push"
+        listen = "127.0.0.1:{port}"
+        [sources.tls]
+        cert_file = "{tmp_path / 'server.pem'}"
+        key_file = "{tmp_path / 'server.pem'}"
+        ca_file = "{tmp_path / 'ca.pem'}"
+        require_client_cert = true
+        [[sinks]]
+        type = "jsonl"
+        path = "{tmp_path / 'out.jsonl'}"
+        [http]
+        listen = "127.0.0.1:0"
+    """)
+    with_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    client.configure_cert(with_cert)
+    without_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+
+    async def scenario() -> tuple[str, type[BaseException] | None]:
+        service = asyncio.create_task(run(config, until_idle=0.5))
+        refused: type[BaseException] | None = None
+        for _ in range(100):
+            try:
+                answer = await post(f"https://127.0.0.1:{port}/", PUSH_BODY, with_cert)
+                break
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(0.05)
+        try:
+            await post(f"https://127.0.0.1:{port}/", PUSH_BODY, without_cert)
+        except (aiohttp.ClientError, ssl.SSLError) as exc:
+            refused = type(exc)
+        await service
+        return answer, refused
+
+    answer, refused = asyncio.run(scenario())
+    assert status_code(answer) == 20
+    assert refused is not None, "a client without a certificate must be refused"
+
+
+class BrokenStore:
+    """A store port whose disk is gone: every commit fails."""
+
+    async def load_state(self, keys: BatchKeys) -> CorrelationState:
+        return CorrelationState()
+
+    async def commit(
+        self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects
+    ) -> None:
+        raise OSError("disk I/O error")
+
+    async def sink_progress(self, sink: str) -> int | None:
+        return 0
+
+    async def register_sink(self, sink: str, start: int = 0) -> None:
+        return None
+
+    async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
+        return []
+
+    async def mark_sent(self, sink: str, seq: int) -> None:
+        return None
+
+
+@pytest.mark.parametrize("broken", [True, False], ids=["store-unavailable", "store-ok"])
+def test_push_answers_40_when_the_store_cannot_commit(tmp_path: Path, broken: bool) -> None:
+    async def scenario() -> int:
+        intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=10)
+        store = BrokenStore() if broken else await Store.open(tmp_path / "g.db")
+        port = free_port()
+        receiver = PushReceiver(cfg.PushSource(listen=f"127.0.0.1:{port}"), intake, 1 << 20)
+        closers = [store.close] if isinstance(store, Store) else []
+        service = Service(Pipeline(store), intake, [receiver], [], closers=closers)
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        for _ in range(100):
+            try:
+                answer = await post(f"http://127.0.0.1:{port}/", PUSH_BODY)
+                break
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return status_code(answer)
+
+    assert asyncio.run(scenario()) == (40 if broken else 20)
+
+
+def test_push_answers_40_when_overloaded() -> None:
+    async def scenario() -> int:
+        intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1)
+        intake.put_nowait(object())  # type: ignore[arg-type] - the intake is already full
+        port = free_port()
+        receiver = PushReceiver(cfg.PushSource(listen=f"127.0.0.1:{port}"), intake, 1 << 20)
+        await receiver.start(asyncio.Event())
+        try:
+            return status_code(await post(f"http://127.0.0.1:{port}/", PUSH_BODY))
+        finally:
+            await receiver.close()
+
+    assert asyncio.run(scenario()) == 40

@@ -121,7 +121,9 @@ def token_url(url: str, provider: Callable[[], bytes]) -> str:
     """The URL with `auth=external` and a reference to the token provider."""
     ref = f"t{next(_refs)}"
     _TOKENS[ref] = provider
-    return str(URL(url).update_query({"auth": "external", TOKEN_QUERY: ref}))
+    # a renewal closes the connection on purpose: re-open it at once, not after aio-pika's 5 s
+    return str(URL(url).update_query(
+        {"auth": "external", TOKEN_QUERY: ref, "reconnect_interval": "0.5"}))
 
 
 class TokenKeeper:

@@ -1,4 +1,4 @@
-"""Beskedfordeler access: the STS client over mutual TLS, and the token as SASL EXTERNAL response."""
+"""Beskedfordeler access: the STS client over mutual TLS; the token as SASL EXTERNAL response."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.fake_amqp import FakeBroker
 ASSERTION = (
     '<saml:Assertion xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="_a1">'
     "<saml:Issuer>https://adgangsstyring.stoettesystemerne.dk</saml:Issuer>"
-    "<saml:AttributeValue>Københavns Kommune – Ærø Å</saml:AttributeValue></saml:Assertion>"
+    "<saml:AttributeValue>Københavns Kommune - Ærø Å</saml:AttributeValue></saml:Assertion>"
 ).encode()
 
 

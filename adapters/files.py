@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import multiprocessing
 import os
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import IO, Final
 
@@ -20,6 +18,7 @@ from gateway.decide import Prepared, Result, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import RawMessage
 from gateway.ports import OutboxRow
+from gateway.workers import worker_pool
 
 
 class InputError(Exception):
@@ -96,8 +95,7 @@ async def prepared_batches(
             yield _prepare_files(chunk, max_bytes)
         return
     loop = asyncio.get_running_loop()
-    context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with worker_pool(workers) as pool:
         ahead: deque[asyncio.Future[bytes]] = deque()
         pending = iter(chunks)
 

@@ -20,6 +20,7 @@ from gateway.envelope import EnvelopeReader
 from gateway.pipeline import Pipeline, Relay
 from gateway.ports import Delivery
 from gateway.service import Service, Source
+from gateway.workers import ParsePool
 
 log = logging.getLogger("aes_gateway.runtime")
 
@@ -75,11 +76,18 @@ async def _health(service: Service, listen: str) -> web.AppRunner:
     return runner
 
 
-async def run(config: cfg.Config, until_idle: float | None = None) -> None:
+async def run(
+    config: cfg.Config, until_idle: float | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run the service until SIGTERM/SIGINT (or `stop`), or until idle for `until_idle` s."""
     store = await Store.open(config.store.path)
     intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.store.batch_size * 4)
     reader = EnvelopeReader(config.matching.beskedtypes, config.matching.max_message_bytes)
-    pipeline = Pipeline(store, reader, config.matching.tolerance_seconds)
+    pool = None
+    if config.processing.parse_workers > 0:
+        pool = ParsePool(config.processing.parse_workers, config.matching.beskedtypes,
+                         config.matching.max_message_bytes)
+    pipeline = Pipeline(store, reader, config.matching.tolerance_seconds, parse_pool=pool)
     sources = [_source(s, intake, config.matching.max_message_bytes) for s in config.sources]
     relays: list[Relay] = []
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -90,7 +98,7 @@ async def run(config: cfg.Config, until_idle: float | None = None) -> None:
     service = Service(pipeline, intake, sources, relays, config.store.batch_size,
                       config.store.batch_wait_ms / 1000, [*closers, store.close])
     health = await _health(service, config.http.listen) if config.http.listen else None
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -102,3 +110,5 @@ async def run(config: cfg.Config, until_idle: float | None = None) -> None:
         if health is not None:
             with contextlib.suppress(Exception):
                 await health.cleanup()
+        if pool is not None:
+            pool.close()

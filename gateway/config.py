@@ -88,6 +88,10 @@ class MatchingConfig(Strict):
     )
 
 
+class ProcessingConfig(Strict):
+    parse_workers: int = 1  # processes that parse while the event loop commits; 0: in-process
+
+
 class HttpConfig(Strict):
     listen: str | None = "127.0.0.1:9464"
 
@@ -95,6 +99,7 @@ class HttpConfig(Strict):
 class Config(Strict):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     matching: MatchingConfig = msgspec.field(default_factory=MatchingConfig)
+    processing: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
     sources: list[AmqpSource | PushSource] = msgspec.field(default_factory=list)
     sinks: list[AmqpSink | JsonlSink] = msgspec.field(default_factory=list)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)

@@ -12,6 +12,7 @@ from gateway.decide import Prepared, Result, batch_keys, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Outcome
 from gateway.ports import Delivery, Settler, Sink, Store
+from gateway.workers import ParsePool
 
 log = logging.getLogger("aes_gateway.pipeline")
 
@@ -29,9 +30,11 @@ class Pipeline:
         reader: EnvelopeReader | None = None,
         tolerance_s: int = 120,
         hooks: Sequence[ResultHook] = (),
+        parse_pool: ParsePool | None = None,
     ) -> None:
         self.store = store
         self.reader = reader or EnvelopeReader()
+        self.parse_pool = parse_pool
         self.tolerance_s = tolerance_s
         self.hooks = list(hooks)
         self.committed = asyncio.Event()
@@ -40,7 +43,11 @@ class Pipeline:
         return [prepare(d.raw, self.reader) for d in deliveries]
 
     async def process(self, deliveries: Sequence[Delivery]) -> list[Result]:
-        return await self.commit(self.prepare(deliveries), deliveries)
+        if self.parse_pool is not None:
+            batch = await self.parse_pool.prepare([d.raw for d in deliveries])
+        else:
+            batch = self.prepare(deliveries)
+        return await self.commit(batch, deliveries)
 
     async def commit(
         self, batch: Sequence[Prepared], deliveries: Sequence[Delivery] = ()

@@ -19,8 +19,31 @@ def _lines(path: Path) -> int:
         return 0
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid: int, within_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.split(") ", 1)[1].startswith("Z"):  # a zombie: dead, awaiting its reaper
+            return True
+        time.sleep(0.05)
+    return False
+
+
+ORPHANS: list[int] = []
+
+
 def _kill_midway(args: list[str], out: Path, after_lines: int) -> bool:
-    """Start a replay, SIGKILL it once `after_lines` more lines are out; True if it was killed."""
+    """Start a replay, SIGKILL it once `after_lines` more lines are out; True if it was killed.
+    Worker processes it started are recorded, to check that none outlives it."""
     start = _lines(out)
     env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
     proc = subprocess.Popen([*CLI, *args], cwd=ROOT, env=env,
@@ -28,8 +51,10 @@ def _kill_midway(args: list[str], out: Path, after_lines: int) -> bool:
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if _lines(out) >= start + after_lines:
+            workers = _children(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            ORPHANS.extend(w for w in workers if not _gone(w))
             return True
         time.sleep(0.005)
     proc.wait()
@@ -44,6 +69,7 @@ def test_sigkill_midway_then_rerun_loses_nothing_and_names_nothing_twice(tmp_pat
             "--batch-size", "40"]
     kills = sum(_kill_midway(args, out, after_lines=600) for _ in range(3))
     assert kills >= 1, "the replay finished before it could be killed: give it more input"
+    assert ORPHANS == [], "worker processes outlived the killed replay"
     run_cli(*args)
 
     run_cli("replay", str(inbox), "--store", str(tmp_path / "clean.db"),

@@ -1,0 +1,79 @@
+"""Parsing in worker processes: the CPU-bound half of deciding a batch, off the event loop.
+
+The event loop keeps the brokers, the store and the relays moving while a worker parses; on a
+2-core machine that uses both cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from functools import cache
+
+import msgspec
+
+from gateway.decide import Prepared, prepare
+from gateway.envelope import EnvelopeReader
+from gateway.model import RawMessage, Version
+
+PR_SET_PDEATHSIG = 1
+_RAWS = msgspec.msgpack.Decoder(list[RawMessage])
+_PREPARED = msgspec.msgpack.Decoder(list[Prepared])
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+@cache
+def _reader(beskedtypes: tuple[tuple[str, Version], ...], max_bytes: int) -> EnvelopeReader:
+    return EnvelopeReader(dict(beskedtypes), max_bytes)
+
+
+def _prepare_encoded(
+    data: bytes, beskedtypes: tuple[tuple[str, Version], ...], max_bytes: int
+) -> bytes:
+    """Runs in the worker: bodies in, prepared batch out, both as msgpack."""
+    reader = _reader(beskedtypes, max_bytes)
+    return _ENCODER.encode([prepare(raw, reader) for raw in _RAWS.decode(data)])
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: a worker must not outlive a gateway killed with SIGKILL."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes started fresh (spawn: no fork of a process with threads) that die
+    with the process that started them."""
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+class ParsePool:
+    def __init__(self, workers: int, beskedtypes: Mapping[str, Version], max_bytes: int) -> None:
+        self._pool = worker_pool(workers)
+        self._beskedtypes = tuple(sorted(beskedtypes.items()))
+        self._max_bytes = max_bytes
+
+    async def prepare(self, raws: Sequence[RawMessage]) -> list[Prepared]:
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(
+            self._pool, _prepare_encoded, _ENCODER.encode(list(raws)), self._beskedtypes,
+            self._max_bytes,
+        )
+        return _PREPARED.decode(data)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

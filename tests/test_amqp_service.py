@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
 from gateway.model import Version
 from gateway.simulate import simulate
 from tests import brokers
-from tests.conftest import run_cli
+from tests.conftest import CLI, ROOT, run_cli
 
 
 def test_both_versions_from_two_queues_give_each_event_once(tmp_path: Path) -> None:
@@ -45,3 +49,31 @@ def test_both_versions_from_two_queues_give_each_event_once(tmp_path: Path) -> N
     assert remaining == [0, 0], "every mailbox message is acknowledged"
     print(f"{key['messages']} messages from two queues: {len(events)} on the exchange, "
           f"{len(quarantined)} in quarantine, as keyed")
+
+
+def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    sim = simulate(cases=150, seed=8, bad_share=0.0, scenarios=False)
+    key = sim.answer_key()
+    topo = asyncio.run(brokers.declare())
+    config = tmp_path / "gateway.toml"
+    config.write_text(brokers.config_toml(topo, str(tmp_path / "gateway.db")))
+    try:
+        asyncio.run(brokers.publish(topo.q22, [m.body for m in sim.messages
+                                               if m.version is Version.V2_2]))
+        asyncio.run(brokers.publish(topo.q30, [m.body for m in sim.messages
+                                               if m.version is not Version.V2_2]))
+        env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
+        gateway = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=ROOT, env=env)
+        time.sleep(1.5)  # mid-stream: part of the mailboxes decided
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(timeout=60) == 0
+        mid = asyncio.run(brokers.depth(topo.events_queue))
+        run_cli("run", "--config", str(config), "--until-idle", "1.5")
+        events = asyncio.run(brokers.drain(topo.events_queue))
+        left = [asyncio.run(brokers.depth(q)) for q in (topo.q22, topo.q30)]
+    finally:
+        asyncio.run(brokers.delete(topo))
+    ids = {json.loads(m.body)["event_id"] for m in events}
+    assert 0 < mid
+    assert len(ids) == key["emitted"] + key["case_links"]  # type: ignore[operator]
+    assert left == [0, 0]

@@ -1,0 +1,96 @@
+"""Configuration: TOML into Structs, unknown keys named, secrets from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import config as cfg
+from tests.conftest import ROOT, run_cli
+
+MINIMAL = """
+[[sources]]
+type = "amqp"
+url = "amqp://guest:guest@127.0.0.1:5672/"
+queue = "mailbox"
+[[sinks]]
+type = "jsonl"
+path = "out.jsonl"
+"""
+
+
+def test_minimal_configuration_gets_the_documented_defaults() -> None:
+    config = cfg.parse(MINIMAL)
+    assert config.store.path == "gateway.db"
+    assert config.store.retention_days == 400
+    assert config.matching.tolerance_seconds == 120
+    assert config.http.listen == "127.0.0.1:9464"
+    source = config.sources[0]
+    assert isinstance(source, cfg.AmqpSource)
+    assert source.prefetch == 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (MINIMAL + "[store]\npaht = 'x'\n", "paht"),
+        (MINIMAL.replace('queue = "mailbox"', 'queue = "mailbox"\nqueu = "x"'), "queu"),
+        (MINIMAL + "[bogus]\nx = 1\n", "bogus"),
+        (MINIMAL.replace('type = "jsonl"', 'type = "kafka"'), "type"),
+    ],
+)
+def test_unknown_keys_are_errors_that_name_the_key(text: str, named: str) -> None:
+    with pytest.raises(cfg.ConfigError, match=named):
+        cfg.parse(text)
+
+
+def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMQP_PASSWORD", "s3cret")
+    config = cfg.parse(MINIMAL.replace("guest:guest", "guest:${AMQP_PASSWORD}"))
+    assert config.sources[0].url == "amqp://guest:s3cret@127.0.0.1:5672/"  # type: ignore[union-attr]
+    monkeypatch.delenv("AMQP_PASSWORD")
+    with pytest.raises(cfg.ConfigError, match="AMQP_PASSWORD"):
+        cfg.parse(MINIMAL.replace("guest:guest", "guest:${AMQP_PASSWORD}"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL.split("[[sinks]]")[0], "no \\[\\[sinks\\]\\]"),
+        ("[[sinks]]\ntype = 'jsonl'\npath = 'x'\n", "no \\[\\[sources\\]\\]"),
+        (MINIMAL + "[store]\nbatch_size = 0\n", "batch_size"),
+        ("not = [toml", "not valid TOML"),
+    ],
+)
+def test_invalid_configurations_say_why(text: str, message: str) -> None:
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.parse(text)
+
+
+@pytest.mark.parametrize("name", ["local.toml", "beskedfordeler-test.toml"])
+def test_the_shipped_examples_are_valid(name: str) -> None:
+    env = {"AMQP_PASSWORD": "x", "MUNICIPALITY_CVR": "29189846", "LOCAL_AMQP_PASSWORD": "y"}
+    text = (ROOT / "examples" / name).read_text()
+    for key, value in env.items():
+        text = text.replace("${" + key + "}", value)
+    config = cfg.parse(text)
+    assert config.sources
+    assert config.sinks
+
+
+def test_config_check_explains_without_showing_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(MINIMAL)
+    out = run_cli("config", "check", "--config", str(path)).stdout
+    assert "configuration is valid" in out
+    assert "AMQP queue 'mailbox'" in out
+    assert "guest:***@" in out
+
+
+def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(MINIMAL + "[store]\npaht = 'x'\n")
+    result = run_cli("config", "check", "--config", str(path), check=False)
+    assert result.returncode == 2
+    assert "paht" in result.stderr

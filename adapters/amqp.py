@@ -188,13 +188,17 @@ class AmqpSink:
             for row in rows
         ])
 
-    async def send_quarantine(self, rows: Sequence[QuarantineRow]) -> None:
+    async def send_quarantine_headers(self, rows: Sequence[QuarantineRow]) -> None:
+        """The quarantine without the raw messages (for sinks that must not see a CPR)."""
+        await self.send_quarantine(rows, with_body=False)
+
+    async def send_quarantine(self, rows: Sequence[QuarantineRow], with_body: bool = True) -> None:
         _, exchange = await self._exchanges()
         if exchange is None:
             return
         await _confirmed(exchange, [
             (aio_pika.Message(
-                row.body,
+                row.body if with_body else b"",
                 content_type="application/xml",
                 message_id=row.message_key,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

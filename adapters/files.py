@@ -114,10 +114,12 @@ async def prepared_batches(
 class JsonlSink:
     """Canonical events as JSON Lines to a file (or stdout for `-`)."""
 
-    def __init__(self, target: str, name: str = "jsonl") -> None:
+    def __init__(self, target: str, name: str = "jsonl", rotate_bytes: int = 0) -> None:
         self.name = name
         self.target = target
+        self.rotate_bytes = rotate_bytes  # past this size the file is renamed and begun anew
         self._stream: IO[bytes] | None = None
+        self._size = 0
 
     def open(self, truncate: bool) -> None:
         if self.target == "-":
@@ -127,11 +129,25 @@ class JsonlSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
         self._stream = os.fdopen(os.open(path, flags, 0o600), "wb")
+        self._size = path.stat().st_size
+
+    def _rotate(self) -> None:
+        """`canonical.jsonl` -> `canonical.<UTC time>.jsonl`, and a new `canonical.jsonl`."""
+        self.close()
+        path = Path(self.target)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
+        self.open(truncate=True)
 
     async def send(self, rows: Sequence[OutboxRow]) -> None:
         assert self._stream is not None, "open() first"  # noqa: S101 - programming error
-        self._stream.write(b"".join(row.body + b"\n" for row in rows))
+        if self.rotate_bytes and self.target != "-" and self._size >= self.rotate_bytes:
+            self._rotate()
+            assert self._stream is not None  # noqa: S101 - reopened
+        data = b"".join(row.body + b"\n" for row in rows)
+        self._stream.write(data)
         self._stream.flush()
+        self._size += len(data)
 
     def close(self) -> None:
         if self._stream is not None and self.target != "-":

@@ -13,12 +13,14 @@ from aiohttp import web
 
 from adapters.amqp import AmqpSink, AmqpSource, plain_connector
 from adapters.files import JsonlSink
+from adapters.mqtt import MqttSink
 from adapters.push import PushReceiver
 from adapters.sqlite import Store
 from gateway import config as cfg
 from gateway.envelope import EnvelopeReader
 from gateway.pipeline import Pipeline, Relay
-from gateway.ports import Delivery
+from gateway.ports import Delivery, Sink
+from gateway.privacy import CprFilter
 from gateway.service import Service, Source
 from gateway.workers import ParsePool
 
@@ -38,23 +40,36 @@ def _source(
 
 
 def _relays(
-    spec: cfg.AmqpSink | cfg.JsonlSink, store: Store
+    spec: cfg.AmqpSink | cfg.MqttSink | cfg.JsonlSink, store: Store
 ) -> tuple[list[Relay], Callable[[], Awaitable[None]]]:
+    """The relays feeding one configured sink, and how to close it."""
     if isinstance(spec, cfg.JsonlSink):
-        jsonl = JsonlSink(spec.path, name=f"jsonl:{Path(spec.path).resolve()}")
+        jsonl = JsonlSink(spec.path, name=f"jsonl:{Path(spec.path).resolve()}",
+                          rotate_bytes=spec.rotate_bytes)
         jsonl.open(truncate=False)
 
         async def close_file() -> None:
             jsonl.close()
 
-        return [Relay(store, jsonl)], close_file
-    name = f"amqp:{spec.exchange}@{spec.url.rsplit('@', 1)[-1]}"
-    sink = AmqpSink(spec, plain_connector(spec.url, spec.tls), name)
-    relays = [Relay(store, sink, batch_size=spec.confirm_window)]
-    if spec.quarantine_exchange:
-        relays.append(Relay(store, sink, spec.confirm_window, name=f"{name}:quarantine",
-                            fetch=store.quarantine_after, send=sink.send_quarantine))
-    return relays, sink.close
+        sink: Sink = jsonl
+        close = close_file
+        window = 1000
+    elif isinstance(spec, cfg.MqttSink):
+        mqtt = MqttSink(spec, f"mqtt:{spec.topic_prefix}@{spec.url.rsplit('@', 1)[-1]}")
+        sink, close, window = mqtt, mqtt.close, spec.window
+    else:
+        amqp = AmqpSink(spec, plain_connector(spec.url, spec.tls),
+                        f"amqp:{spec.exchange}@{spec.url.rsplit('@', 1)[-1]}")
+        sink, close, window = amqp, amqp.close, spec.confirm_window
+    relays = [Relay(store, CprFilter(sink, spec.cpr, spec.cpr_secret), window,
+                    max_backlog=spec.max_backlog)]
+    if isinstance(spec, cfg.AmqpSink) and spec.quarantine_exchange:
+        # raw messages hold the CPR in forms no filter can find: with any CPR mode but
+        # `full`, the quarantine exchange gets the reason headers and no body
+        send = amqp.send_quarantine if spec.cpr == "full" else amqp.send_quarantine_headers
+        relays.append(Relay(store, amqp, window, name=f"{amqp.name}:quarantine",
+                            fetch=store.quarantine_after, send=send))
+    return relays, close
 
 
 async def _health(service: Service, listen: str) -> web.AppRunner:

@@ -100,7 +100,7 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     gateway.wait()
     started = time.monotonic()
     final = start_gateway(config, until_idle=2.0)
-    await asyncio.to_thread(final.wait)
+    final_exit = await asyncio.to_thread(final.wait)
     recover_s = time.monotonic() - started
     events = await brokers.drain(topo.events_queue)
     left = [await brokers.depth(q) for q in (topo.q22, topo.q30)]
@@ -113,7 +113,7 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         "lost": expected - len(set(ids)) if len(set(ids)) <= expected else 0,
         "renamed": max(0, len(set(ids)) - expected),
         "repeats_same_id": len(ids) - len(set(ids)), "left_in_mailboxes": sum(left),
-        "drain_s": round(recover_s, 1), "message_id_is_event_id": all(
+        "drain_s": round(recover_s, 1), "final_exit": final_exit, "message_id_is_event_id": all(
             m.message_id == i for m, i in zip(events, ids, strict=True)),
     }
 
@@ -130,6 +130,7 @@ def main() -> int:
         figures = asyncio.run(campaign(args, Path(tmp)))
     print(json.dumps(figures))
     ok = figures["lost"] == 0 and figures["renamed"] == 0 and figures["left_in_mailboxes"] == 0
+    ok = ok and figures["final_exit"] == 0
     return 0 if ok and figures["message_id_is_event_id"] else 1
 
 

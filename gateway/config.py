@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -61,7 +61,19 @@ class PushSource(Strict, tag_field="type", tag="push"):
     timeout_seconds: float = 30.0
 
 
-class AmqpSink(Strict, tag_field="type", tag="amqp"):
+CprMode = Literal["full", "pseudonymised", "omitted"]
+
+
+class SinkCommon(Strict):
+    # What a sink's consumers see of the CPR: as is, a keyed HMAC-SHA256 (one person's events
+    # still join), or null.
+    cpr: CprMode = "full"
+    cpr_secret: str | None = None  # the HMAC key for `pseudonymised`; use ${NAME}
+    # The intake is throttled while this sink has more than this many events not yet relayed.
+    max_backlog: int = 100_000
+
+
+class AmqpSink(SinkCommon, tag_field="type", tag="amqp", kw_only=True):
     url: str
     exchange: str = "aes.case-events"
     quarantine_exchange: str | None = "aes.quarantine"
@@ -69,8 +81,16 @@ class AmqpSink(Strict, tag_field="type", tag="amqp"):
     tls: TlsConfig | None = None
 
 
-class JsonlSink(Strict, tag_field="type", tag="jsonl"):
+class MqttSink(SinkCommon, tag_field="type", tag="mqtt", kw_only=True):
+    url: str  # mqtt://host:1883 or mqtts://host:8883; user:password@ allowed
+    topic_prefix: str = "aes/case-events"
+    window: int = 256  # QoS 1 publishes in flight at once
+    tls: TlsConfig | None = None
+
+
+class JsonlSink(SinkCommon, tag_field="type", tag="jsonl", kw_only=True):
     path: str
+    rotate_bytes: int = 100 * 1024 * 1024  # start a new file past this size; 0: never
 
 
 class StoreConfig(Strict):
@@ -101,7 +121,7 @@ class Config(Strict):
     matching: MatchingConfig = msgspec.field(default_factory=MatchingConfig)
     processing: ProcessingConfig = msgspec.field(default_factory=ProcessingConfig)
     sources: list[AmqpSource | PushSource] = msgspec.field(default_factory=list)
-    sinks: list[AmqpSink | JsonlSink] = msgspec.field(default_factory=list)
+    sinks: list[AmqpSink | MqttSink | JsonlSink] = msgspec.field(default_factory=list)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
 
 
@@ -137,6 +157,12 @@ def _validate(config: Config) -> None:
     for index, sink in enumerate(config.sinks):
         if isinstance(sink, AmqpSink) and sink.confirm_window < 1:
             raise ConfigError(f"sinks[{index}].confirm_window must be at least 1")
+        if isinstance(sink, MqttSink) and not sink.url.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(f"sinks[{index}].url must start with mqtt:// or mqtts://")
+        if sink.cpr == "pseudonymised" and not sink.cpr_secret:
+            raise ConfigError(f"sinks[{index}]: cpr = 'pseudonymised' needs cpr_secret")
+        if sink.max_backlog < 1:
+            raise ConfigError(f"sinks[{index}].max_backlog must be at least 1")
 
 
 def parse(text: str) -> Config:
@@ -174,10 +200,13 @@ def explain(config: Config) -> list[str]:
             lines.append(f"source: push receiver on {scheme}://{source.listen}{source.path}")
     for sink in config.sinks:
         if isinstance(sink, AmqpSink):
-            lines.append(f"sink: AMQP exchange {sink.exchange!r} at {_redact(sink.url)}"
-                         f" (quarantine to {sink.quarantine_exchange!r})")
+            what = (f"AMQP exchange {sink.exchange!r} at {_redact(sink.url)}"
+                    f" (quarantine to {sink.quarantine_exchange!r})")
+        elif isinstance(sink, MqttSink):
+            what = f"MQTT topics {sink.topic_prefix}/<kommune>/<event_type> at {_redact(sink.url)}"
         else:
-            lines.append(f"sink: JSON Lines file {sink.path}")
+            what = f"JSON Lines file {sink.path}"
+        lines.append(f"sink: {what}, CPR {sink.cpr}")
     lines.append(f"http: {config.http.listen or 'off'}")
     return lines
 

@@ -107,8 +107,10 @@ class Relay:
         name: str | None = None,
         fetch: Fetch | None = None,
         send: Send | None = None,
+        max_backlog: int | None = None,
     ) -> None:
         self.store = store
+        self.max_backlog = max_backlog  # outbox relays: throttle the intake past this
         self.sink = sink
         self.name = name or sink.name
         self.batch_size = batch_size

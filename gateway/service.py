@@ -49,6 +49,7 @@ class Service:
         self.batch_wait_s = batch_wait_s
         self.closers = list(closers)
         self.store_ok = True
+        self.throttled = False
         self._busy = False
         self._last_activity = 0.0
 
@@ -80,10 +81,29 @@ class Service:
             batch = [await self.intake.get()]
             self._busy = True
             try:
+                await self._throttle()
                 await self._fill(batch)
                 await self._process(batch)
             finally:
                 self._busy = False
+
+    async def _throttle(self) -> None:
+        """Backpressure, not loss: while a sink is too far behind, take no more input (AMQP
+        deliveries wait unacknowledged in the broker, push answers 40 once the intake is full)."""
+        bounded = [r for r in self.relays if r.max_backlog is not None]
+        while bounded:
+            end = await self.pipeline.store.outbox_end()
+            behind = [(r.name, end - r.position) for r in bounded
+                      if end - r.position > (r.max_backlog or 0)]
+            if not behind:
+                if self.throttled:
+                    log.info("sinks caught up: intake resumed")
+                self.throttled = False
+                return
+            if not self.throttled:
+                log.warning("intake throttled: sink %s has %d events waiting", *behind[0])
+            self.throttled = True
+            await asyncio.sleep(0.2)
 
     async def _fill(self, batch: list[Delivery]) -> None:
         loop = asyncio.get_running_loop()

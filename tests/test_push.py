@@ -154,6 +154,9 @@ class BrokenStore:
     async def mark_sent(self, sink: str, seq: int) -> None:
         return None
 
+    async def outbox_end(self) -> int:
+        return 0
+
 
 @pytest.mark.parametrize("broken", [True, False], ids=["store-unavailable", "store-ok"])
 def test_push_answers_40_when_the_store_cannot_commit(tmp_path: Path, broken: bool) -> None:

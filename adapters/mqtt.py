@@ -47,6 +47,7 @@ class MqttSink:
                 identifier=self.identifier, protocol=protocol, tls_context=self.tls,
                 max_inflight_messages=self.config.window, timeout=10,
             )
+            client.pending_calls_threshold = self.config.window + 1  # a full window is normal
             try:
                 await client.__aenter__()
             except aiomqtt.MqttCodeError as exc:

@@ -60,6 +60,9 @@ def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
         (MINIMAL.split("[[sinks]]")[0], "no \\[\\[sinks\\]\\]"),
         ("[[sinks]]\ntype = 'jsonl'\npath = 'x'\n", "no \\[\\[sources\\]\\]"),
         (MINIMAL + "[store]\nbatch_size = 0\n", "batch_size"),
+        (MINIMAL.replace('path = "out.jsonl"', 'path = "o"\ncpr = "pseudonymised"'),
+         "cpr_secret"),
+        (MINIMAL.replace('path = "out.jsonl"', 'path = "o"\ncpr = "hashed"'), "cpr"),
         ("not = [toml", "not valid TOML"),
     ],
 )
@@ -70,7 +73,8 @@ def test_invalid_configurations_say_why(text: str, message: str) -> None:
 
 @pytest.mark.parametrize("name", ["local.toml", "beskedfordeler-test.toml"])
 def test_the_shipped_examples_are_valid(name: str) -> None:
-    env = {"AMQP_PASSWORD": "x", "MUNICIPALITY_CVR": "29189846", "LOCAL_AMQP_PASSWORD": "y"}
+    env = {"AMQP_PASSWORD": "x", "MUNICIPALITY_CVR": "29189846", "LOCAL_AMQP_PASSWORD": "y",
+           "CPR_PSEUDONYM_KEY": "k"}
     text = (ROOT / "examples" / name).read_text()
     for key, value in env.items():
         text = text.replace("${" + key + "}", value)

@@ -20,7 +20,7 @@ def test_rotation_by_size_keeps_every_line_once_in_order(tmp_path: Path) -> None
     for start in range(0, 60, 10):
         asyncio.run(sink.send(rows(start, 10)))
     sink.close()
-    files = sorted(tmp_path.glob("canonical.*.jsonl")) + [tmp_path / "canonical.jsonl"]
+    files = [*sorted(tmp_path.glob("canonical.*.jsonl")), tmp_path / "canonical.jsonl"]
     assert len(files) > 2
     lines = [line for f in files for line in f.read_text().splitlines()]
     assert lines == [f'{{"event_id":"id-{i}"}}' for i in range(60)]

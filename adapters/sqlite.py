@@ -22,7 +22,7 @@ from gateway.decide import BatchKeys, Prepared, Result
 from gateway.model import Outcome
 from gateway.ports import OutboxRow
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS events (
     first_seen INTEGER NOT NULL,
     other_seen INTEGER,
     municipality_code TEXT,
-    accepted_at INTEGER NOT NULL
+    accepted_at INTEGER NOT NULL,
+    pair_closed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_legacy ON events (legacy_case_id)
     WHERE legacy_case_id IS NOT NULL;
@@ -49,6 +50,7 @@ CREATE INDEX IF NOT EXISTS events_number ON events (case_number) WHERE case_numb
 CREATE INDEX IF NOT EXISTS events_ref ON events (event_ref) WHERE event_ref IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_cpr ON events (cpr);
 CREATE INDEX IF NOT EXISTS events_accepted ON events (accepted_at);
+CREATE INDEX IF NOT EXISTS events_open_pairs ON events (first_seen) WHERE pair_closed = 0;
 CREATE TABLE IF NOT EXISTS messages (
     message_key TEXT PRIMARY KEY,
     outcome TEXT NOT NULL,
@@ -117,6 +119,15 @@ def _create_private(path: Path) -> None:
         os.chmod(name, 0o600)
 
 
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Bring a store written by an earlier version up to this schema."""
+    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
+    if columns and "pair_closed" not in columns:  # schema 1: pairing windows came later
+        await conn.execute(
+            "ALTER TABLE events ADD COLUMN pair_closed INTEGER NOT NULL DEFAULT 0"
+        )
+
+
 def _placeholders(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
@@ -140,9 +151,10 @@ class Store:
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"
                 "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
             )
+            await _migrate(conn)
             await conn.executescript(SCHEMA)
             await conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         except (OSError, aiosqlite.Error) as exc:
             raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
@@ -315,6 +327,34 @@ class Store:
     async def outbox_end(self) -> int:
         rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM outbox"))
         return int(rows[0][0])
+
+    # --- metrics ----------------------------------------------------------------------------
+
+    async def close_pairs(self, now: int, window_s: int) -> dict[str, int]:
+        """Judge every event whose pairing window has passed by `now` (stream or wall time):
+        `both` if the other version arrived within the window, else only its first version."""
+        rows = await self._conn.execute_fetchall(
+            # strictly past the window: a twin stamped on its last second may still be on its way
+            "UPDATE events SET pair_closed = 1 WHERE pair_closed = 0 AND first_seen < ?"
+            " RETURNING first_version, other_seen IS NOT NULL AND other_seen - first_seen <= ?",
+            (now - window_s, window_s),
+        )
+        outcomes = {"both": 0, "only_2_2": 0, "only_3_0": 0}
+        for first_version, paired in rows:
+            outcomes["both" if paired else f"only_{first_version.replace('.', '_')}"] += 1
+        return outcomes
+
+    async def backlog(self, sink: str) -> tuple[int, float | None]:
+        """(events not yet relayed to `sink`, age in seconds of the oldest of them)."""
+        rows = list(await self._conn.execute_fetchall(
+            "SELECT COUNT(*), MIN(o.created_at) FROM outbox o, sink_progress p"
+            " WHERE p.sink = ? AND o.seq > p.last_seq", (sink,)))
+        count, oldest = rows[0]
+        age = None if oldest is None else max(dt.datetime.now(dt.UTC).timestamp() - oldest, 0)
+        return int(count), age
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
     # --- operators --------------------------------------------------------------------------
 

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
+from prometheus_client import CollectorRegistry, write_to_textfile
 
 from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
 from adapters.sqlite import Store, StoreError
 from gateway import canonical, config, logs
 from gateway.envelope import DEFAULT_MAX_BYTES
+from gateway.metrics import Metrics
 from gateway.replay import replay
 from gateway.simulate import simulate
 
@@ -41,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=int, default=120, help="match tolerance in seconds")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
     p.add_argument("--workers", type=int, help="parsing processes (default: 1 for large inputs)")
+    p.add_argument("--metrics", help="write the final metrics here (Prometheus text format)")
+    p.add_argument("--pair-window-hours", type=float, default=72.0,
+                   help="how long an event waits for its twin before its pair outcome counts")
+    p.add_argument("--close-windows", action="store_true",
+                   help="at the end, judge every event as if its pairing window had passed")
 
     sub.add_parser("schema", help="print the JSON Schema of the canonical event")
 
@@ -149,6 +156,7 @@ class _ProgressBar:
 async def run_replay(
     inputs: Sequence[Path], store_path: Path, output: str, batch_size: int = DEFAULT_BATCH,
     tolerance_s: int = 120, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
+    metrics_path: str | None = None, pair_window_s: int = 72 * 3600, close_windows: bool = False,
 ) -> dict[str, object]:
     """Replay files into the store at `store_path`; returns the summary."""
     if batch_size < 1:
@@ -163,7 +171,12 @@ async def run_replay(
             if workers is None:  # a worker pays off once there is more than a moment's work
                 workers = 1 if len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1 else 0
             batches = prepared_batches(files, batch_size, max_bytes, workers)
-            tally = await replay(batches, store, sink, tolerance_s, bar)
+            metrics = Metrics(CollectorRegistry()) if metrics_path else None
+            tally = await replay(batches, store, sink, tolerance_s, bar, metrics, pair_window_s,
+                                 close_windows)
+            if metrics is not None and metrics_path is not None:
+                metrics.store_bytes.set(store.size_bytes())
+                write_to_textfile(metrics_path, metrics.registry)
         finally:
             bar.close()
             sink.close()
@@ -173,8 +186,11 @@ async def run_replay(
 async def _replay(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="aes-gateway-") as tmp:
         store_path = args.store or Path(tmp) / "replay.db"
-        summary = await run_replay(args.inputs, store_path, args.output, args.batch_size,
-                                   args.tolerance, args.max_bytes, args.workers)
+        summary = await run_replay(
+            args.inputs, store_path, args.output, args.batch_size, args.tolerance,
+            args.max_bytes, args.workers, args.metrics, int(args.pair_window_hours * 3600),
+            args.close_windows,
+        )
     if args.summary:
         _write_json(args.summary, summary)
     return 0

@@ -62,6 +62,7 @@ class Decision(msgspec.Struct):
     match: MatchMethod | None = None
     conflict: bool = False
     lag_seconds: int | None = None
+    first_version: str | None = None  # of the event a cross-version twin joined
     link: Link | None = None
 
 
@@ -264,6 +265,7 @@ class Correlator:
             DuplicateKind.CROSS_VERSION,
             match=method,
             lag_seconds=stream_time - record.first_seen,
+            first_version=record.first_version,
         )
 
     def _emit_new(

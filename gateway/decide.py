@@ -44,6 +44,7 @@ class Result(msgspec.Struct):
     detail: str | None = None
     conflict: bool = False
     lag_seconds: int | None = None
+    first_version: str | None = None
     linked: bool = False
 
 
@@ -117,5 +118,6 @@ def _decide(item: Prepared, state: CorrelationState, correlator: Correlator) -> 
         match=decision.match,
         conflict=decision.conflict,
         lag_seconds=decision.lag_seconds,
+        first_version=decision.first_version,
         linked=decision.link is not None,
     )

@@ -31,6 +31,7 @@ def _table(summary: dict[str, object]) -> str:
         f"  case links learned       : {summary['case_links']:6d}",
         f"  CPR conflicts            : {summary['conflicts']:6d}",
         f"  quarantined              : {summary['quarantined']:6d}",
+        f"Pair outcomes (72 h window): {summary['pair_outcomes']}",
     ]
     by_reason = summary["quarantined_by_reason"]
     assert isinstance(by_reason, dict)  # noqa: S101
@@ -47,7 +48,8 @@ async def demo(workdir: Path, cases: int, seed: int) -> int:
     inbox = workdir / "in"
     key = _simulate(inbox, cases, seed, 0.03)
     started = time.perf_counter()
-    summary = await run_replay([inbox], workdir / "gateway.db", str(workdir / "canonical.jsonl"))
+    summary = await run_replay([inbox], workdir / "gateway.db", str(workdir / "canonical.jsonl"),
+                               metrics_path=str(workdir / "metrics.prom"), close_windows=True)
     elapsed = time.perf_counter() - started
     out = sys.stdout
     out.write(f"Simulated {cases} cases: {summary['messages']} messages in {inbox}/\n")

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Callable, Sequence
 
 from gateway.decide import Prepared
-from gateway.pipeline import Pipeline, Relay
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, Relay, ResultHook
 from gateway.ports import Sink, Store
 from gateway.tally import Tally
 
 Progress = Callable[[int], None]
+DEFAULT_PAIR_WINDOW_S = 72 * 3600
 
 
 async def replay(
@@ -18,6 +20,9 @@ async def replay(
     sink: Sink,
     tolerance_s: int = 120,
     progress: Progress | None = None,
+    metrics: Metrics | None = None,
+    pair_window_s: int = DEFAULT_PAIR_WINDOW_S,
+    close_windows: bool = False,
 ) -> Tally:
     """Decide every prepared batch, commit it, then relay what it emitted. Returns the counts.
 
@@ -25,13 +30,36 @@ async def replay(
     a worker process while this one decides and commits the batch before.
     """
     tally = Tally()
-    pipeline = Pipeline(store, None, tolerance_s, hooks=[lambda _b, r: tally.add(r)])
+    hooks: list[ResultHook] = [lambda _b, r: tally.add(r)]
+    if metrics is not None:
+        hooks.append(metrics.observe)
+    pipeline = Pipeline(store, None, tolerance_s, hooks=hooks)
+    clock = 0  # the stream's own time: the newest Dannelsestidspunkt seen
+
+    async def close(now: int) -> None:
+        outcomes = await store.close_pairs(now, pair_window_s)
+        tally.add_pairs(outcomes)
+        if metrics is not None:
+            metrics.pairs_closed(outcomes)
+
     relay = Relay(store, sink)
     await relay.start()
     await relay.drain()  # what an earlier, interrupted run committed but did not relay
     async for batch in batches:
         await pipeline.commit(batch)
+        clock = max(clock, stream_time(batch))
+        await close(clock)
         await relay.drain()
         if progress is not None:
             progress(tally.messages)
+    if close_windows:  # as if every pairing window had passed
+        await close(2**62)
     return tally
+
+
+def stream_time(batch: Sequence[Prepared]) -> int:
+    """The newest Dannelsestidspunkt in the batch. Refused messages do not move the clock:
+    the time they were read (today) would close every pairing window of an old capture."""
+    times = [int(p.event.formed_at.timestamp()) for p in batch
+             if p.event is not None and p.event.formed_at is not None]
+    return max(times, default=0)

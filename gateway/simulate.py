@@ -72,6 +72,9 @@ class Expected:
     conflicts: int = 0
     case_links: int = 0
 
+    pair_outcomes: Counter[str] = field(
+        default_factory=lambda: Counter({"both": 0, "only_2_2": 0, "only_3_0": 0}))
+
     def as_dict(self, overlap: dict[str, int]) -> dict[str, object]:
         return {
             "messages": sum(self.outcomes.values()),
@@ -83,6 +86,7 @@ class Expected:
             "matches_by_method": dict(sorted(self.matches_by_method.items())),
             "conflicts": self.conflicts,
             "case_links": self.case_links,
+            "pair_outcomes": dict(sorted(self.pair_outcomes.items())),
             "overlap": overlap,
         }
 
@@ -274,9 +278,11 @@ class Simulator:
 
     # --- the answer key ---------------------------------------------------------------------
 
-    def answer_key(self) -> dict[str, object]:
+    def answer_key(self, pair_window_s: int = 72 * 3600) -> dict[str, object]:
         expected = Expected()
         accepted: dict[int, set[Version]] = {}
+        first_arrival: dict[int, tuple[Version, dt.datetime]] = {}
+        other_arrival: dict[int, dt.datetime] = {}
         first_legacy_v3: dict[int, bool] = {}
         linked: set[int] = set()  # legacy ids whose link the gateway knows
         for message in self.messages:
@@ -292,6 +298,14 @@ class Simulator:
             assert event is not None  # noqa: S101 - valid messages have both
             assert version is not None  # noqa: S101
             self._expect_valid(expected, event, version, accepted, first_legacy_v3, linked)
+            first = first_arrival.setdefault(event.key, (version, message.arrival))
+            if version is not first[0]:
+                other_arrival.setdefault(event.key, message.arrival)
+        for key, (version, arrived) in first_arrival.items():
+            twin = other_arrival.get(key)
+            paired = twin is not None and (twin - arrived).total_seconds() <= pair_window_s
+            outcome = "both" if paired else f"only_{version.value.replace('.', '_')}"
+            expected.pair_outcomes[outcome] += 1
         overlap = Counter(
             {3: "both", 1: "only_2_2", 2: "only_3_0"}[sum(_BIT[v] for v in seen)]
             for seen in accepted.values()
@@ -452,7 +466,8 @@ def envelope(
                                   Version.V3_0: v30.BESKEDTYPE_UUID}[version],
         municipality=event.case.municipality,
         cpr=cpr or event.case.cpr,
-        formed=local_text(arrival, "%Y-%m-%dT%H:%M:%S"),
+        # with its offset: a local time in the autumn's repeated hour would be ambiguous
+        formed=arrival.astimezone(DANISH_TIME).isoformat(timespec="seconds"),
         transaction=sim.uuid(),
         payload=payload,
     )

@@ -17,6 +17,10 @@ class Tally:
         self.matches_by_method: Counter[str] = Counter()
         self.conflicts = 0
         self.case_links = 0
+        self.pair_outcomes: Counter[str] = Counter({"both": 0, "only_2_2": 0, "only_3_0": 0})
+
+    def add_pairs(self, outcomes: dict[str, int]) -> None:
+        self.pair_outcomes.update(outcomes)
 
     def add(self, results: Iterable[Result]) -> None:
         for result in results:
@@ -45,4 +49,5 @@ class Tally:
             "matches_by_method": dict(sorted(self.matches_by_method.items())),
             "conflicts": self.conflicts,
             "case_links": self.case_links,
+            "pair_outcomes": dict(sorted(self.pair_outcomes.items())),
         }

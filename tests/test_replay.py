@@ -18,7 +18,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def replay(inputs: list[Path], store: Path, output: Path, **kw: int) -> dict[str, object]:
-    return asyncio.run(run_replay(inputs, store, str(output), **kw))
+    """Replay as the answer key counts it: every pairing window closed at the end."""
+    return asyncio.run(run_replay(inputs, store, str(output), close_windows=True, **kw))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -1,0 +1,63 @@
+"""Metrics: the values match the simulator's answer key; no CPR or case id in any label."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import run_cli
+
+
+def samples(path: Path) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            found[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def by(metric: dict[tuple[tuple[str, str], ...], float], label: str) -> dict[str, int]:
+    totals: dict[str, int] = defaultdict(int)
+    for labels, value in metric.items():
+        totals[dict(labels)[label]] += int(value)
+    return {k: v for k, v in totals.items() if v}
+
+
+def test_replayed_metrics_match_the_answer_key(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]]
+) -> None:
+    inbox, key = simulated
+    metrics = tmp_path / "metrics.prom"
+    run_cli("replay", str(inbox), "--output", str(tmp_path / "o.jsonl"), "--metrics",
+            str(metrics), "--close-windows")
+    found = samples(metrics)
+    outcomes = by(found["aes_gateway_messages_total"], "outcome")
+    assert outcomes == {"emitted": key["emitted"], "duplicate": key["duplicates"],
+                        "quarantined": key["quarantined"]}
+    assert by(found["aes_gateway_quarantined_total"], "reason") == key["quarantined_by_reason"]
+    assert by(found["aes_gateway_duplicates_total"], "kind") == key["duplicates_by_kind"]
+    assert by(found["aes_gateway_matches_total"], "method") == key["matches_by_method"]
+    assert by(found["aes_gateway_pair_outcomes_total"], "outcome") == {
+        k: v for k, v in key["pair_outcomes"].items() if v}  # type: ignore[attr-defined]
+    lag_count = sum(found["aes_gateway_cross_version_lag_seconds_count"].values())
+    assert lag_count == key["duplicates_by_kind"]["cross_version"]  # type: ignore[index]
+    assert sum(found["aes_gateway_conflicts_total"].values()) == key["conflicts"]
+    assert sum(found["aes_gateway_case_links_total"].values()) == key["case_links"]
+    versions = by(found["aes_gateway_messages_total"], "version")
+    assert set(versions) <= {"2.2", "3.0", "unknown"}
+
+
+def test_no_cpr_or_case_id_in_any_label(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]]
+) -> None:
+    inbox, _ = simulated
+    metrics = tmp_path / "metrics.prom"
+    run_cli("replay", str(inbox), "--output", str(tmp_path / "o.jsonl"), "--metrics",
+            str(metrics))
+    for name, metric in samples(metrics).items():
+        for labels in metric:
+            for _, value in labels:
+                assert not re.search(r"\d{6}-?\d{4}|AES-\d{4}|^\d{5,}$", value), (name, value)

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adapters.amqp import AmqpSink, AmqpSource, plain_connector
 from adapters.files import JsonlSink
@@ -18,6 +20,7 @@ from adapters.push import PushReceiver
 from adapters.sqlite import Store
 from gateway import config as cfg
 from gateway.envelope import EnvelopeReader
+from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, Relay
 from gateway.ports import Delivery, Sink
 from gateway.privacy import CprFilter
@@ -72,7 +75,41 @@ def _relays(
     return relays, close
 
 
-async def _health(service: Service, listen: str) -> web.AppRunner:
+async def _observe(
+    service: Service, store: Store, metrics: Metrics, window_s: int, every_s: float = 5.0
+) -> None:
+    """Gauges from the store and the sources; pairing windows closed on the wall clock."""
+    loop = asyncio.get_running_loop()
+    last_close = 0.0
+    while True:
+        try:
+            await _observe_once(service, store, metrics)
+            if loop.time() - last_close >= 60:
+                metrics.pairs_closed(await store.close_pairs(int(time.time()), window_s))
+                last_close = loop.time()
+        except Exception:  # a metrics pass must never stop the service
+            log.debug("metrics pass failed", exc_info=True)
+        await asyncio.sleep(every_s)
+
+
+async def _observe_once(service: Service, store: Store, metrics: Metrics) -> None:
+    loop = asyncio.get_running_loop()
+    for relay in service.relays:
+        if relay.max_backlog is not None:  # the outbox relays
+            count, age = await store.backlog(relay.name)
+            metrics.backlog.labels(relay.name).set(count)
+            metrics.oldest_unsent.labels(relay.name).set(age or 0)
+    metrics.store_bytes.set(store.size_bytes())
+    metrics.store_writable.set(service.store_ok)
+    metrics.throttled.set(service.throttled)
+    for source in service.sources:
+        metrics.source_connected.labels(source.name).set(source.connected)
+        if source.last_message_at is not None:
+            metrics.source_last_message.labels(source.name).set(
+                time.time() - (loop.time() - source.last_message_at))
+
+
+async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -81,9 +118,14 @@ async def _health(service: Service, listen: str) -> web.AppRunner:
                 "sources": {s.name: s.connected for s in service.sources}}
         return web.json_response(body, status=200 if service.ready else 503)
 
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", scrape)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
@@ -102,7 +144,9 @@ async def run(
     if config.processing.parse_workers > 0:
         pool = ParsePool(config.processing.parse_workers, config.matching.beskedtypes,
                          config.matching.max_message_bytes)
-    pipeline = Pipeline(store, reader, config.matching.tolerance_seconds, parse_pool=pool)
+    metrics = Metrics(CollectorRegistry())
+    pipeline = Pipeline(store, reader, config.matching.tolerance_seconds, [metrics.observe],
+                        parse_pool=pool)
     sources = [_source(s, intake, config.matching.max_message_bytes) for s in config.sources]
     relays: list[Relay] = []
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -112,7 +156,9 @@ async def run(
         closers.append(close)
     service = Service(pipeline, intake, sources, relays, config.store.batch_size,
                       config.store.batch_wait_ms / 1000, [*closers, store.close])
-    health = await _health(service, config.http.listen) if config.http.listen else None
+    health = await _health(service, config.http.listen, metrics) if config.http.listen else None
+    window_s = int(config.matching.pair_window_hours * 3600)
+    observer = asyncio.create_task(_observe(service, store, metrics, window_s))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -120,6 +166,9 @@ async def run(
     try:
         await service.run(stop, until_idle)
     finally:
+        observer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await observer
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         if health is not None:

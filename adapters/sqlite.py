@@ -353,6 +353,13 @@ class Store:
         age = None if oldest is None else max(dt.datetime.now(dt.UTC).timestamp() - oldest, 0)
         return int(count), age
 
+    async def report_rows(self) -> list[tuple[int, str | None, str, int, int | None]]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT first_seen, municipality_code, first_version, versions,"
+            " other_seen - first_seen FROM events"
+        )
+        return [tuple(row) for row in rows]
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 

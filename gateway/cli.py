@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 
 from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
 from adapters.sqlite import Store, StoreError
-from gateway import canonical, config, logs
+from gateway import canonical, config, logs, report
 from gateway.envelope import DEFAULT_MAX_BYTES
 from gateway.metrics import Metrics
 from gateway.replay import replay
@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check"])
     p.add_argument("--config", type=Path, required=True)
 
+    p = sub.add_parser("report", help="the migration report: overlap per month and kommune")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
     p = sub.add_parser("purge", help="delete stored data older than the retention period")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--retention-days", type=int, default=400)
@@ -116,6 +120,16 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if command == "config":
         loaded = config.load(args.config)
         print("\n".join(["configuration is valid:", *config.explain(loaded)]))
+        return 0
+    if command == "report":
+        if not args.store.exists():
+            raise UsageError(f"no store at {str(args.store)!r}")
+        async with await Store.open(args.store) as store:
+            rows = report.build(await store.report_rows())
+        if args.format == "json":
+            _write_json("-", rows)
+        else:
+            print(report.table(rows))
         return 0
     if command == "purge":
         if args.retention_days < 1:

@@ -102,6 +102,7 @@ class StoreConfig(Strict):
 
 class MatchingConfig(Strict):
     tolerance_seconds: int = 120
+    pair_window_hours: float = 72.0  # how long an event waits for its twin (pair outcomes)
     max_message_bytes: int = DEFAULT_MAX_BYTES
     beskedtypes: dict[str, Version] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_BESKEDTYPES)

@@ -27,4 +27,6 @@ if ! answers 1883; then
   else mosquitto -d; fi
   wait_for 1883
 fi
-echo "ensure-services: RabbitMQ on 5672 and Mosquitto on 1883 answer"
+# The tests start their own Prometheus (and check the alert rules with promtool).
+command -v prometheus >/dev/null && command -v promtool >/dev/null || install prometheus
+echo "ensure-services: RabbitMQ on 5672 and Mosquitto on 1883 answer; Prometheus is installed"

@@ -61,3 +61,23 @@ def test_no_cpr_or_case_id_in_any_label(
         for labels in metric:
             for _, value in labels:
                 assert not re.search(r"\d{6}-?\d{4}|AES-\d{4}|^\d{5,}$", value), (name, value)
+
+
+def test_migration_report_adds_up_to_the_overlap(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]]
+) -> None:
+    import json
+
+    inbox, key = simulated
+    store = tmp_path / "s.db"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", str(tmp_path / "o"))
+    rows = json.loads(run_cli("report", "--store", str(store), "--format", "json").stdout)
+    overlap = key["overlap"]
+    assert isinstance(overlap, dict)
+    assert sum(r["twins"] for r in rows) == overlap["both"]
+    assert sum(r["only_2_2"] for r in rows) == overlap["only_2_2"]
+    assert sum(r["only_3_0"] for r in rows) == overlap["only_3_0"]
+    assert {r["month"][:4] for r in rows} <= {"2022", "2023"}  # the simulated span
+    assert all(r["lag_p50_s"] <= r["lag_p99_s"] for r in rows if r["twins"])
+    table = run_cli("report", "--store", str(store)).stdout
+    assert table.splitlines()[0].split()[:2] == ["month", "kommune"]

@@ -115,7 +115,8 @@ async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRun
 
     async def readyz(_: web.Request) -> web.Response:
         body = {"ready": service.ready, "store": service.store_ok,
-                "sources": {s.name: s.connected for s in service.sources}}
+                "sources": {s.name: s.connected for s in service.sources},
+                "sinks_stalled": [r.name for r in service.relays if r.stalled]}
         return web.json_response(body, status=200 if service.ready else 503)
 
     async def scrape(_: web.Request) -> web.Response:

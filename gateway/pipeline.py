@@ -118,6 +118,7 @@ class Relay:
         self._send: Send = send or sink.send
         self.position = 0
         self.wake = asyncio.Event()
+        self.stalled = False  # the last attempt to relay failed
 
     async def start(self, from_end: int | None = None) -> bool:
         """Load progress; a new sink starts at `from_end` (or the beginning). True if new."""
@@ -155,7 +156,9 @@ class Relay:
             try:
                 await self.drain()
                 backoff = 0.5
+                self.stalled = False
             except Exception:  # the sink is down: keep the rows, try again later
+                self.stalled = True
                 log.warning("sink %s failed; retrying in %.1f s", self.name, backoff,
                             exc_info=True)
                 await asyncio.sleep(backoff)

@@ -55,7 +55,9 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.store_ok and all(source.connected for source in self.sources)
+        """Store writable, sources connected, sinks not stalled."""
+        return (self.store_ok and all(source.connected for source in self.sources)
+                and not any(relay.stalled for relay in self.relays))
 
     async def run(self, stop: asyncio.Event, until_idle: float | None = None) -> None:
         loop = asyncio.get_running_loop()

@@ -195,3 +195,46 @@ def test_push_answers_40_when_overloaded() -> None:
             await receiver.close()
 
     assert asyncio.run(scenario()) == 40
+
+
+def test_health_and_readiness(tmp_path: Path) -> None:
+    port, http = free_port(), free_port()
+    config = cfg.parse(f"""
+        [store]
+        path = "{tmp_path / 'g.db'}"
+        [[sources]]
+        type = "push"
+        listen = "127.0.0.1:{port}"
+        [[sinks]]
+        type = "mqtt"
+        url = "mqtt://127.0.0.1:{free_port()}"
+        [http]
+        listen = "127.0.0.1:{http}"
+    """)
+
+    async def scenario() -> tuple[int, int, dict[str, object], str]:
+        stop = asyncio.Event()
+        service = asyncio.create_task(run(config, stop=stop))
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{http}/healthz") as alive:
+                        alive_status = alive.status
+                    break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.05)
+            await post(f"http://127.0.0.1:{port}/", PUSH_BODY)  # the MQTT sink cannot deliver
+            await asyncio.sleep(1.5)
+            async with session.get(f"http://127.0.0.1:{http}/readyz") as ready:
+                ready_status, body = ready.status, await ready.json()
+            async with session.get(f"http://127.0.0.1:{http}/metrics") as scrape:
+                metrics = await scrape.text()
+        stop.set()
+        await service
+        return alive_status, ready_status, body, metrics
+
+    alive, ready, body, metrics = asyncio.run(scenario())
+    assert alive == 200
+    assert ready == 503  # a stalled sink: not ready
+    assert body["sinks_stalled"]
+    assert 'aes_gateway_messages_total{outcome="emitted",version="3.0"} 1.0' in metrics

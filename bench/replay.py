@@ -41,20 +41,21 @@ def main() -> None:
     logging.disable(logging.WARNING)  # quarantine warnings are not what is measured
 
     inbox = opts.workdir / "in"
-    marker = opts.workdir / f"simulated-{opts.messages}-{opts.seed}"
+    marker = opts.workdir / f"simulated-v2-{opts.messages}-{opts.seed}"  # v2: pair outcomes
     if not marker.exists():
         shutil.rmtree(opts.workdir, ignore_errors=True)
         _simulate(inbox, int(opts.messages / MESSAGES_PER_CASE), opts.seed, 0.03)
         marker.touch()
     files = sorted(inbox.glob("*.xml"))
     parse_only(files[:5000])  # warm the page cache and lxml
-    ceiling = parse_only(files)
+    ceiling = max(parse_only(files) for _ in range(3))  # best of three: a conservative ratio
 
     store = opts.workdir / "bench.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
     started = time.perf_counter()
-    summary = asyncio.run(run_replay([inbox], store, str(opts.workdir / "out.jsonl")))
+    summary = asyncio.run(run_replay([inbox], store, str(opts.workdir / "out.jsonl"),
+                                     close_windows=True))
     elapsed = time.perf_counter() - started
     rate = len(files) / elapsed
     key = json.loads((inbox / "answer-key.json").read_text())

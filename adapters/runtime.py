@@ -76,17 +76,24 @@ def _relays(
 
 
 async def _observe(
-    service: Service, store: Store, metrics: Metrics, window_s: int, every_s: float = 5.0
+    service: Service, store: Store, metrics: Metrics, config: cfg.Config, every_s: float = 5.0
 ) -> None:
-    """Gauges from the store and the sources; pairing windows closed on the wall clock."""
+    """Gauges from the store and the sources; pairing windows closed on the wall clock;
+    retention purged hourly."""
     loop = asyncio.get_running_loop()
-    last_close = 0.0
+    window_s = int(config.matching.pair_window_hours * 3600)
+    last_close = last_purge = 0.0
     while True:
         try:
             await _observe_once(service, store, metrics)
             if loop.time() - last_close >= 60:
                 metrics.pairs_closed(await store.close_pairs(int(time.time()), window_s))
                 last_close = loop.time()
+            if loop.time() - last_purge >= 3600:
+                deleted = await store.purge(config.store.retention_days,
+                                            config.store.quarantine_retention_days)
+                log.info("retention purge", extra=deleted)
+                last_purge = loop.time()
         except Exception:  # a metrics pass must never stop the service
             log.debug("metrics pass failed", exc_info=True)
         await asyncio.sleep(every_s)
@@ -158,8 +165,7 @@ async def run(
     service = Service(pipeline, intake, sources, relays, config.store.batch_size,
                       config.store.batch_wait_ms / 1000, [*closers, store.close])
     health = await _health(service, config.http.listen, metrics) if config.http.listen else None
-    window_s = int(config.matching.pair_window_hours * 3600)
-    observer = asyncio.create_task(_observe(service, store, metrics, window_s))
+    observer = asyncio.create_task(_observe(service, store, metrics, config))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -400,20 +400,30 @@ class Store:
         )
         await self._conn.execute("COMMIT")
 
-    async def purge(self, retention_days: int, now: dt.datetime | None = None) -> dict[str, int]:
-        """Delete what is older than the retention period; the outbox only once relayed."""
-        cutoff = int(((now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days))
-                     .timestamp())
+    async def purge(
+        self, retention_days: int, quarantine_days: int | None = None,
+        now: dt.datetime | None = None,
+    ) -> dict[str, int]:
+        """Delete what is older than the retention periods, and every outbox row that every
+        sink has relayed (sinks are fed from the outbox only)."""
+        now = now or dt.datetime.now(dt.UTC)
+
+        def cutoff(days: int) -> int:
+            return int((now - dt.timedelta(days=days)).timestamp())
+
         deleted: dict[str, int] = {}
         await self._conn.execute("BEGIN IMMEDIATE")
-        for table, column in (("events", "accepted_at"), ("messages", "received_at"),
-                              ("quarantine", "received_at"), ("links", "learned_at")):
-            cursor = await self._conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,))
+        for table, column, days in (
+            ("events", "accepted_at", retention_days),
+            ("messages", "received_at", retention_days),
+            ("quarantine", "received_at", quarantine_days or retention_days),
+            ("links", "learned_at", retention_days),
+        ):
+            cursor = await self._conn.execute(
+                f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
             deleted[table] = cursor.rowcount
         cursor = await self._conn.execute(
-            "DELETE FROM outbox WHERE created_at < ? AND seq <= "
-            "(SELECT COALESCE(MIN(last_seq), 0) FROM sink_progress)",
-            (cutoff,),
+            "DELETE FROM outbox WHERE seq <= (SELECT COALESCE(MIN(last_seq), 0) FROM sink_progress)"
         )
         deleted["outbox"] = cursor.rowcount
         await self._conn.execute("COMMIT")

@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("purge", help="delete stored data older than the retention period")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--retention-days", type=int, default=400)
+    p.add_argument("--quarantine-days", type=int, default=90)
 
     p = sub.add_parser("demo", help="simulate, replay and show the overlap report")
     p.add_argument("--cases", type=int, default=300)
@@ -135,7 +136,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.retention_days < 1:
             raise UsageError("--retention-days must be at least 1")
         async with await Store.open(args.store) as store:
-            _write_json("-", await store.purge(args.retention_days))
+            _write_json("-", await store.purge(args.retention_days, args.quarantine_days))
         return 0
     from gateway.demo import demo  # only the demo needs it
 

@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -49,6 +50,9 @@ class StsConfig(Strict):
 class AmqpSource(Strict, tag_field="type", tag="amqp"):
     url: str
     queue: str
+    # Plain AMQP to anything but this machine carries CPR numbers unencrypted: refused unless
+    # this key, whose name says what it is, is set.
+    insecure_plaintext: bool = False
     prefetch: int = 1000
     tls: TlsConfig | None = None
     sts: StsConfig | None = None  # set for the Beskedfordeler: SASL EXTERNAL with a SAML token
@@ -56,6 +60,7 @@ class AmqpSource(Strict, tag_field="type", tag="amqp"):
 
 class PushSource(Strict, tag_field="type", tag="push"):
     listen: str = "0.0.0.0:8443"
+    insecure_plaintext: bool = False  # plain HTTP on a non-loopback address
     path: str = "/"
     tls: TlsConfig | None = None
     timeout_seconds: float = 30.0
@@ -71,6 +76,7 @@ class SinkCommon(Strict):
     cpr_secret: str | None = None  # the HMAC key for `pseudonymised`; use ${NAME}
     # The intake is throttled while this sink has more than this many events not yet relayed.
     max_backlog: int = 100_000
+    insecure_plaintext: bool = False  # plain amqp:// or mqtt:// to a non-loopback host
 
 
 class AmqpSink(SinkCommon, tag_field="type", tag="amqp", kw_only=True):
@@ -96,6 +102,7 @@ class JsonlSink(SinkCommon, tag_field="type", tag="jsonl", kw_only=True):
 class StoreConfig(Strict):
     path: str = "gateway.db"
     retention_days: int = 400
+    quarantine_retention_days: int = 90  # raw refused messages hold personal data
     batch_size: int = 500
     batch_wait_ms: int = 20
 
@@ -143,6 +150,44 @@ def _expand(value: Any, where: str) -> Any:
     return value
 
 
+LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+def _plaintext_refused(where: str, url: str, secure_schemes: tuple[str, ...]) -> ConfigError:
+    return ConfigError(
+        f"{where}: {urlsplit(url).scheme}:// to {_host(url)!r} would carry personal data "
+        f"unencrypted; use {' or '.join(s + '://' for s in secure_schemes)}, or set "
+        "insecure_plaintext = true if you really mean it"
+    )
+
+
+def _check_transport(config: Config) -> None:
+    """TLS (with verification, which is always on) for everything that leaves this machine."""
+    for index, source in enumerate(config.sources):
+        where = f"sources[{index}]"
+        if isinstance(source, AmqpSource):
+            if (source.url.startswith("amqp://") and not _host(source.url).startswith(LOOPBACK)
+                    and not source.insecure_plaintext):
+                raise _plaintext_refused(where, source.url, ("amqps",))
+            if source.sts and not source.sts.url.startswith("https://"):
+                raise ConfigError(f"{where}.sts.url must be https://")
+        elif (source.tls is None and not source.listen.startswith(LOOPBACK)
+              and not source.insecure_plaintext):
+            raise ConfigError(f"{where}: a push receiver on {source.listen!r} needs [tls], or "
+                              "insecure_plaintext = true if you really mean it")
+    for index, sink in enumerate(config.sinks):
+        if isinstance(sink, JsonlSink) or sink.insecure_plaintext:
+            continue
+        plain = sink.url.startswith(("amqp://", "mqtt://"))
+        if plain and not _host(sink.url).startswith(LOOPBACK):
+            secure = ("amqps",) if isinstance(sink, AmqpSink) else ("mqtts",)
+            raise _plaintext_refused(f"sinks[{index}]", sink.url, secure)
+
+
 def _validate(config: Config) -> None:
     if not config.sources:
         raise ConfigError("no [[sources]]: the gateway would have nothing to read")
@@ -176,6 +221,7 @@ def parse(text: str) -> Config:
     except msgspec.ValidationError as exc:
         raise ConfigError(str(exc)) from exc
     _validate(config)
+    _check_transport(config)
     return config
 
 

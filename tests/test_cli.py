@@ -60,4 +60,4 @@ def test_purge_command_reports_what_it_deleted(tmp_path: Path) -> None:
     store = str(tmp_path / "s.db")
     run_cli("replay", str(FIXTURES), "--store", store, "--output", str(tmp_path / "o"))
     deleted = json.loads(run_cli("purge", "--store", store, "--retention-days", "400").stdout)
-    assert deleted == {"events": 0, "messages": 0, "quarantine": 0, "links": 0, "outbox": 0}
+    assert deleted == {"events": 0, "messages": 0, "quarantine": 0, "links": 0, "outbox": 2}

@@ -98,3 +98,22 @@ def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:
     result = run_cli("config", "check", "--config", str(path), check=False)
     assert result.returncode == 2
     assert "paht" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (MINIMAL.replace("127.0.0.1:5672", "mq.example.dk:5672"), "amqps"),
+        (MINIMAL + '[[sinks]]\ntype = "mqtt"\nurl = "mqtt://mqtt.example.dk"\n', "mqtts"),
+        (MINIMAL + '[[sources]]\ntype = "push"\nlisten = "0.0.0.0:8080"\n', "needs \\[tls\\]"),
+    ],
+)
+def test_plaintext_beyond_this_machine_is_refused(text: str, named: str) -> None:
+    with pytest.raises(cfg.ConfigError, match=named):
+        cfg.parse(text)
+
+
+def test_plaintext_beyond_this_machine_only_with_the_insecure_key() -> None:
+    text = MINIMAL.replace("127.0.0.1:5672", "mq.example.dk:5672").replace(
+        'queue = "mailbox"', 'queue = "mailbox"\ninsecure_plaintext = true')
+    assert cfg.parse(text).sources[0].insecure_plaintext  # type: ignore[union-attr]

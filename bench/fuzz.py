@@ -1,0 +1,104 @@
+"""Fuzz the envelope and both payload parsers: every input must give an outcome.
+
+    .venv/bin/python bench/fuzz.py [--inputs 100000]
+
+Hypothesis drives three strategies in turn (arbitrary bytes; valid messages of both versions
+and forms with bytes replaced, inserted and cut; arbitrary text as a 2.2 record). Every input
+goes through the same `prepare` + `decide` as live traffic. Prints inputs, outcomes, the
+slowest input and the memory before and after; exit 1 on any exception or an input slower
+than a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.correlate import CorrelationState  # noqa: E402 - after the path is set
+from gateway.decide import decide_batch, prepare  # noqa: E402
+from gateway.envelope import EnvelopeReader  # noqa: E402
+from tests import helpers as h  # noqa: E402
+
+READER = EnvelopeReader()
+VALID = [h.v22_inline(h.record()), h.v22_base64(h.record()), h.v30_inline(h.v30_xml()),
+         h.v30_base64(h.v30_xml()), (ROOT / "tests/fixtures/v30-push-body.xml").read_bytes()]
+outcomes: Counter[str] = Counter()
+slowest = [0.0]
+
+
+def decide(body: bytes) -> None:
+    started = time.perf_counter()
+    item = prepare(h.raw(body), READER)
+    (result,), _ = decide_batch([item], CorrelationState(), 120)
+    slowest[0] = max(slowest[0], time.perf_counter() - started)
+    outcomes[result.reason.value if result.reason else result.outcome.value] += 1
+
+
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["replace", "insert", "cut"]))
+        chunk = draw(st.binary(min_size=1, max_size=8))
+        if kind == "replace":
+            data[at : at + len(chunk)] = chunk
+        elif kind == "insert":
+            data[at:at] = chunk
+        else:
+            del data[at : at + len(chunk)]
+    return bytes(data)
+
+
+def run(inputs: int) -> None:
+    per = inputs // 3
+    common = settings(max_examples=per, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+
+    @common
+    @given(st.binary(max_size=2048))
+    def any_bytes(body: bytes) -> None:
+        decide(body)
+
+    @common
+    @given(st.composite(mutated)())
+    def mutations(body: bytes) -> None:
+        decide(body)
+
+    @common
+    @given(st.text(max_size=200))
+    def records(text: str) -> None:
+        decide(h.v22_base64(text, charset="UTF-8"))
+
+    for test in (any_bytes, mutations, records):
+        test()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--inputs", type=int, default=100_000)
+    args = parser.parse_args()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    run(args.inputs)
+    elapsed = time.perf_counter() - started
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    total = sum(outcomes.values())
+    print(f"inputs {total} in {elapsed:.0f} s; slowest {slowest[0] * 1000:.1f} ms; "
+          f"peak RSS {rss_before // 1024} -> {rss_after // 1024} MB")
+    for outcome, count in outcomes.most_common():
+        print(f"  {outcome:<28}{count:8d}")
+    return 0 if slowest[0] < 1.0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,7 +60,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 def run(inputs: int) -> None:
-    per = inputs // 3
+    per = -(-inputs // 3)
     common = settings(max_examples=per, deadline=None, database=None,
                       suppress_health_check=list(HealthCheck))
 

@@ -50,6 +50,7 @@ class Service:
         self.closers = list(closers)
         self.store_ok = True
         self.throttled = False
+        self._backoff = 0.25
         self._busy = False
         self._last_activity = 0.0
 
@@ -125,21 +126,20 @@ class Service:
                 return
 
     async def _process(self, batch: list[Delivery]) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                await self.pipeline.process(batch)
-            except Exception:  # the store cannot write: nothing was acknowledged
-                self.store_ok = False
-                log.exception("batch not committed; the sources get the messages back")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                return  # nacked / answered 40: the sources deliver them again
-            self.store_ok = True
-            self._last_activity = asyncio.get_running_loop().time()
-            for relay in self.relays:
-                relay.wake.set()
+        try:
+            await self.pipeline.process(batch)
+        except Exception:  # the store cannot write: nothing was acknowledged
+            self.store_ok = False
+            log.exception("batch not committed; the sources get the messages back")
+            # nacked / answered 40: the sources deliver them again, after a growing pause
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
             return
+        self.store_ok = True
+        self._backoff = 0.25
+        self._last_activity = asyncio.get_running_loop().time()
+        for relay in self.relays:
+            relay.wake.set()
 
     async def _caught_up(self) -> bool:
         for relay in self.relays:

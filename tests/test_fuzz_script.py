@@ -13,4 +13,4 @@ def test_fuzz_script_runs_clean() -> None:
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     first = result.stdout.splitlines()[0]
-    assert first.startswith("inputs 1500 ")
+    assert first.startswith("inputs 1500 ")  # 3 strategies x 500

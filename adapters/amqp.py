@@ -60,12 +60,14 @@ async def connect_with_backoff(
 
 
 class AmqpDelivery:
-    __slots__ = ("message", "raw", "settler")
+    __slots__ = ("channel_key", "message", "raw", "settler")
 
     def __init__(self, raw: RawMessage, message: AbstractIncomingMessage, settler: AmqpSource):
         self.raw = raw
         self.message = message
         self.settler = settler
+        # which channel delivered it; read now, while the channel is certainly open
+        self.channel_key = id(message.channel)
 
 
 class AmqpSource:
@@ -122,26 +124,30 @@ class AmqpSource:
             try:
                 await message.ack(multiple=True)
             except (*AMQP_ERRORS, RuntimeError) as exc:
-                # the channel closed after delivery: the broker redelivers, we recognise them
-                log.warning("ack lost (%s); the broker will redeliver", exc,
-                            extra={"source": self.name})
+                await self._recover("ack", exc)
 
     async def fail(self, deliveries: Sequence[Delivery]) -> None:
         for message in _last_per_channel(deliveries):
             try:
                 await message.nack(multiple=True, requeue=True)
             except (*AMQP_ERRORS, RuntimeError) as exc:
-                log.warning("nack lost (%s)", exc, extra={"source": self.name})
+                await self._recover("nack", exc)
+
+    async def _recover(self, what: str, exc: BaseException) -> None:
+        # The channel that delivered these is gone: the broker hands them back when it notices.
+        log.warning("%s lost (%r); the broker will redeliver", what, exc,
+                    extra={"source": self.name})
 
 
 def _last_per_channel(deliveries: Sequence[Delivery]) -> list[AbstractIncomingMessage]:
+    """The highest delivery tag per channel: one multiple-ack settles the whole batch."""
     last: dict[int, AbstractIncomingMessage] = {}
     for delivery in deliveries:
         assert isinstance(delivery, AmqpDelivery)  # noqa: S101 - settled by its own source
         message = delivery.message
-        current = last.get(id(message.channel))
+        current = last.get(delivery.channel_key)
         if current is None or (message.delivery_tag or 0) > (current.delivery_tag or 0):
-            last[id(message.channel)] = message
+            last[delivery.channel_key] = message
     return list(last.values())
 
 

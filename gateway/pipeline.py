@@ -62,7 +62,10 @@ class Pipeline:
                 await settler.fail([d for d, _ in group])
             raise
         for settler, group in _by_settler(deliveries, results if deliveries else []).items():
-            await settler.settle([d for d, _ in group], [r for _, r in group if r is not None])
+            try:
+                await settler.settle([d for d, _ in group], [r for _, r in group if r is not None])
+            except Exception:  # one source's trouble must not keep the others' acks back
+                log.exception("settling a committed batch failed; the source will redeliver")
         for hook in self.hooks:
             hook(batch, results)
         _log_outcomes(batch, results)

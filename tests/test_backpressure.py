@@ -5,46 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.correlate import CorrelationState, Effects
-from gateway.decide import BatchKeys, Prepared, Result
+from gateway.decide import Result
 from gateway.model import RawMessage
 from gateway.pipeline import Pipeline, Relay
 from gateway.ports import Delivery, OutboxRow
 from gateway.service import Service
+from tests.fakes import MemoryStore
 from tests.helpers import raw
-
-
-class Store:
-    """An in-memory store port whose outbox is 100 events long."""
-
-    def __init__(self) -> None:
-        self.commits = 0
-
-    async def load_state(self, keys: BatchKeys) -> CorrelationState:
-        return CorrelationState()
-
-    async def commit(
-        self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects
-    ) -> None:
-        self.commits += 1
-
-    async def sink_progress(self, sink: str) -> int | None:
-        return 0
-
-    async def register_sink(self, sink: str, start: int = 0) -> None:
-        return None
-
-    async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
-        return []
-
-    async def mark_sent(self, sink: str, seq: int) -> None:
-        return None
-
-    async def outbox_end(self) -> int:
-        return 100
-
-    async def close_pairs(self, now: int, window_s: int) -> dict[str, int]:
-        return {}
 
 
 class Settler:
@@ -73,7 +40,7 @@ class Sink:
 
 def test_a_lagging_sink_throttles_the_intake_until_it_catches_up() -> None:
     async def scenario() -> tuple[int, int, bool, int]:
-        store, settler = Store(), Settler()
+        store, settler = MemoryStore(outbox_len=100), Settler()
         relay = Relay(store, Sink(), max_backlog=10)  # type: ignore[arg-type]
         intake: asyncio.Queue[Delivery] = asyncio.Queue()
         service = Service(Pipeline(store), intake, [], [relay])  # type: ignore[arg-type]

@@ -16,12 +16,11 @@ from adapters.push import PushReceiver
 from adapters.runtime import run
 from adapters.sqlite import Store
 from gateway import config as cfg
-from gateway.correlate import CorrelationState, Effects
-from gateway.decide import BatchKeys, Prepared, Result
 from gateway.pipeline import Pipeline
-from gateway.ports import Delivery, OutboxRow
+from gateway.ports import Delivery
 from gateway.service import Service
 from tests.conftest import read_jsonl
+from tests.fakes import BrokenStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PUSH_BODY = (FIXTURES / "v30-push-body.xml").read_bytes()
@@ -129,33 +128,6 @@ def test_push_over_https_verifies_the_client_certificate(tmp_path: Path) -> None
     answer, refused = asyncio.run(scenario())
     assert status_code(answer) == 20
     assert refused is not None, "a client without a certificate must be refused"
-
-
-class BrokenStore:
-    """A store port whose disk is gone: every commit fails."""
-
-    async def load_state(self, keys: BatchKeys) -> CorrelationState:
-        return CorrelationState()
-
-    async def commit(
-        self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects
-    ) -> None:
-        raise OSError("disk I/O error")
-
-    async def sink_progress(self, sink: str) -> int | None:
-        return 0
-
-    async def register_sink(self, sink: str, start: int = 0) -> None:
-        return None
-
-    async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
-        return []
-
-    async def mark_sent(self, sink: str, seq: int) -> None:
-        return None
-
-    async def outbox_end(self) -> int:
-        return 0
 
 
 @pytest.mark.parametrize("broken", [True, False], ids=["store-unavailable", "store-ok"])

@@ -8,17 +8,15 @@ import itertools
 import os
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Final
-
-import msgspec
 
 from gateway.decide import Prepared, Result, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import RawMessage
 from gateway.ports import OutboxRow
-from gateway.workers import worker_pool
+from gateway.workers import pack, unpack, worker_pool
 
 
 class InputError(Exception):
@@ -62,15 +60,6 @@ class FileDelivery:
         self.raw = RawMessage(body, f"file:{path.name}", dt.datetime.now(dt.UTC))
 
 
-def read_batches(files: Sequence[Path], size: int) -> Iterator[list[FileDelivery]]:
-    for start in range(0, len(files), size):
-        yield [FileDelivery(path) for path in files[start : start + size]]
-
-
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(list[Prepared])
-
-
 def _prepare_files(paths: Sequence[Path], max_bytes: int) -> list[Prepared]:
     reader = EnvelopeReader(max_bytes=max_bytes)
     return [prepare(FileDelivery(path).raw, reader) for path in paths]
@@ -78,7 +67,7 @@ def _prepare_files(paths: Sequence[Path], max_bytes: int) -> list[Prepared]:
 
 def _prepare_files_encoded(paths: Sequence[Path], max_bytes: int) -> bytes:
     """Runs in the worker process: read and parse, return the batch as msgpack."""
-    return _ENCODER.encode(_prepare_files(paths, max_bytes))
+    return pack(_prepare_files(paths, max_bytes))
 
 
 async def prepared_batches(
@@ -108,7 +97,7 @@ async def prepared_batches(
         while ahead:
             data = await ahead.popleft()
             submit_next()
-            yield _DECODER.decode(data)
+            yield unpack(data)
 
 
 class JsonlSink:

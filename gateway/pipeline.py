@@ -37,7 +37,6 @@ class Pipeline:
         self.parse_pool = parse_pool
         self.tolerance_s = tolerance_s
         self.hooks = list(hooks)
-        self.committed = asyncio.Event()
 
     def prepare(self, deliveries: Sequence[Delivery]) -> list[Prepared]:
         return [prepare(d.raw, self.reader) for d in deliveries]
@@ -69,7 +68,6 @@ class Pipeline:
         for hook in self.hooks:
             hook(batch, results)
         _log_outcomes(batch, results)
-        self.committed.set()
         return results
 
 

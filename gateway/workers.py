@@ -33,12 +33,21 @@ def _reader(beskedtypes: tuple[tuple[str, Version], ...], max_bytes: int) -> Env
     return EnvelopeReader(dict(beskedtypes), max_bytes)
 
 
+def pack(batch: list[Prepared]) -> bytes:
+    """A prepared batch as msgpack, to cross from a worker process."""
+    return _ENCODER.encode(batch)
+
+
+def unpack(data: bytes) -> list[Prepared]:
+    return _PREPARED.decode(data)
+
+
 def _prepare_encoded(
     data: bytes, beskedtypes: tuple[tuple[str, Version], ...], max_bytes: int
 ) -> bytes:
     """Runs in the worker: bodies in, prepared batch out, both as msgpack."""
     reader = _reader(beskedtypes, max_bytes)
-    return _ENCODER.encode([prepare(raw, reader) for raw in _RAWS.decode(data)])
+    return pack([prepare(raw, reader) for raw in _RAWS.decode(data)])
 
 
 def _die_with_parent(parent: int) -> None:
@@ -73,7 +82,7 @@ class ParsePool:
             self._pool, _prepare_encoded, _ENCODER.encode(list(raws)), self._beskedtypes,
             self._max_bytes,
         )
-        return _PREPARED.decode(data)
+        return unpack(data)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

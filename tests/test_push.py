@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from gateway.service import Service
 from tests.conftest import read_jsonl
 from tests.fakes import BrokenStore
 
+T = TypeVar("T")
 FIXTURES = Path(__file__).parent / "fixtures"
 PUSH_BODY = (FIXTURES / "v30-push-body.xml").read_bytes()
 
@@ -44,16 +46,21 @@ async def post(url: str, body: bytes, ssl_context: ssl.SSLContext | None = None)
         return await response.text()
 
 
+async def when_up(call: Callable[[], Awaitable[T]]) -> T:
+    """Retry `call` while the server it talks to is still starting (5 s at most)."""
+    for _ in range(100):
+        try:
+            return await call()
+        except aiohttp.ClientConnectorError:
+            await asyncio.sleep(0.05)
+    return await call()
+
+
 async def serve_and_post(
     config: cfg.Config, url: str, bodies: Sequence[bytes], ssl_context: ssl.SSLContext | None
 ) -> list[str]:
     service = asyncio.create_task(run(config, until_idle=0.5))
-    for _ in range(100):
-        try:
-            answers = [await post(url, body, ssl_context) for body in bodies]
-            break
-        except aiohttp.ClientConnectorError:
-            await asyncio.sleep(0.05)
+    answers = [await when_up(lambda b=body: post(url, b, ssl_context)) for body in bodies]
     await service
     return answers
 
@@ -112,12 +119,7 @@ def test_push_over_https_verifies_the_client_certificate(tmp_path: Path) -> None
     async def scenario() -> tuple[str, type[BaseException] | None]:
         service = asyncio.create_task(run(config, until_idle=0.5))
         refused: type[BaseException] | None = None
-        for _ in range(100):
-            try:
-                answer = await post(f"https://127.0.0.1:{port}/", PUSH_BODY, with_cert)
-                break
-            except aiohttp.ClientConnectorError:
-                await asyncio.sleep(0.05)
+        answer = await when_up(lambda: post(f"https://127.0.0.1:{port}/", PUSH_BODY, with_cert))
         try:
             await post(f"https://127.0.0.1:{port}/", PUSH_BODY, without_cert)
         except (aiohttp.ClientError, ssl.SSLError) as exc:
@@ -141,12 +143,7 @@ def test_push_answers_40_when_the_store_cannot_commit(tmp_path: Path, broken: bo
         service = Service(Pipeline(store), intake, [receiver], [], closers=closers)
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
-        for _ in range(100):
-            try:
-                answer = await post(f"http://127.0.0.1:{port}/", PUSH_BODY)
-                break
-            except aiohttp.ClientConnectorError:
-                await asyncio.sleep(0.05)
+        answer = await when_up(lambda: post(f"http://127.0.0.1:{port}/", PUSH_BODY))
         stop.set()
         await task
         return status_code(answer)
@@ -188,13 +185,11 @@ def test_health_and_readiness(tmp_path: Path) -> None:
         stop = asyncio.Event()
         service = asyncio.create_task(run(config, stop=stop))
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    async with session.get(f"http://127.0.0.1:{http}/healthz") as alive:
-                        alive_status = alive.status
-                    break
-                except aiohttp.ClientConnectorError:
-                    await asyncio.sleep(0.05)
+            async def healthz() -> int:
+                async with session.get(f"http://127.0.0.1:{http}/healthz") as alive:
+                    return alive.status
+
+            alive_status = await when_up(healthz)
             await post(f"http://127.0.0.1:{port}/", PUSH_BODY)  # the MQTT sink cannot deliver
             await asyncio.sleep(1.5)
             async with session.get(f"http://127.0.0.1:{http}/readyz") as ready:

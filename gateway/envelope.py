@@ -27,7 +27,7 @@ from gateway.model import (
     Version,
 )
 from gateway.normalize import normalize_cpr, to_utc
-from gateway.xmlsafe import parse_xml
+from gateway.xmlsafe import check_not_mislabelled_utf8, parse_xml
 
 KUVERT: Final = "urn:oio:besked:kuvert:1.0"
 SAGDOK: Final = "urn:oio:sagdok:3.0.0"
@@ -172,7 +172,7 @@ def _payload(element: etree._Element, version: Version) -> PayloadText | Payload
         if version is Version.V2_2:
             return PayloadText(_decode(data, charset))
         _decode(data, charset)  # validates the declared charset; lxml decodes again
-        return PayloadXml(data=data, element=None)
+        return PayloadXml(data=data, element=None, charset=charset)
     if version is Version.V2_2:
         if element.tag != f"{{{v22.INLINE_NAMESPACE}}}Sagshaendelse" or len(element):
             raise BadInput(Reason.WRONG_PAYLOAD_FORM, "2.2 payload is not a text Sagshaendelse")
@@ -192,6 +192,7 @@ def _base64(text: str) -> bytes:
 def _decode(data: bytes, charset: str) -> str:
     try:
         codecs.lookup(charset)
+        check_not_mislabelled_utf8(data, charset)
         return data.decode(charset)
     except LookupError:
         raise BadInput(Reason.BAD_ENCODING, f"unknown charset {charset[:40]!r}") from None
@@ -205,7 +206,8 @@ def parse_event(envelope: Envelope) -> ParsedEvent:
     if isinstance(payload, PayloadText):
         event = v22.parse_record(payload.text, envelope.message_id)
     else:
-        element = payload.element if payload.data is None else parse_xml(payload.data)
+        element = (payload.element if payload.data is None
+                   else parse_xml(payload.data, payload.charset))
         assert isinstance(element, etree._Element)  # noqa: S101 - set by _payload
         event = v30.parse_element(element, envelope.message_id)
     if any(cpr != event.cpr for cpr in envelope.cprs):

@@ -102,6 +102,7 @@ class PayloadXml(msgspec.Struct, frozen=True):
 
     data: bytes | None
     element: object | None  # lxml _Element; kept opaque so the model does not import lxml
+    charset: str | None = None  # the wrapper's `encoding`, for the base64 form
 
 
 class Certificate(msgspec.Struct, frozen=True):

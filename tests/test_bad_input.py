@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import zlib
 
 import pytest
 
@@ -92,6 +93,100 @@ EXTERNAL = (
 )
 def test_handcrafted_bad_input(body: bytes, reason: Reason) -> None:
     assert reason_of(body) is reason
+
+
+LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+    + "".join(f'<!ENTITY {n} "{("&" + p + ";") * 10}">' for p, n in zip("abcdefgh", "bcdefghi",
+                                                                       strict=True))
+    + ']><Sagshaendelse xmlns="urn:dk:aes:sagshaendelse:2.0">&i;</Sagshaendelse>'
+)
+NOTE = "<Tekst>Skade på hånd</Tekst></Haendelse>"
+
+
+def wrapped(data: bytes, charset: str, version: Version = Version.V3_0) -> bytes:
+    """A payload in the Base64 form with the given `encoding` label."""
+    content_type = "application/xml" if version is Version.V3_0 else "text/plain"
+    return h.envelope(
+        f'<Base64 xmlns="urn:besked:kuvert:1.0" content-type="{content_type}" '
+        f'encoding="{charset}">{base64.b64encode(data).decode()}</Base64>', version)
+
+
+def declared(body: bytes, charset: str) -> bytes:
+    return body.replace(b'encoding="UTF-8"', f'encoding="{charset}"'.encode(), 1)
+
+
+HUGE = "a" * 300_000
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(LAUGHS.encode(), Reason.FORBIDDEN_DTD, id="billion-laughs"),
+        # base64 cannot grow (3 bytes from 4): a small payload "decodes to something huge"
+        # only by expanding entities, which the payload parse refuses like the envelope's
+        pytest.param(wrapped(LAUGHS.encode(), "UTF-8"), Reason.FORBIDDEN_DTD,
+                     id="billion-laughs-in-base64"),
+        pytest.param(h.v30_inline(h.v30_xml().replace("</Haendelse>",
+                                                      f"<Tekst>{HUGE}</Tekst></Haendelse>")),
+                     Reason.TOO_LARGE, id="huge-text"),
+        pytest.param(h.v30_inline(h.v30_xml().replace("<Haendelse>",
+                                                      f'<Haendelse note="{HUGE}">')),
+                     Reason.TOO_LARGE, id="huge-attribute"),
+        pytest.param(h.v30_inline(h.v30_xml().replace(
+            "<Haendelse>", "<Haendelse " + " ".join(f'a{i}="x"' for i in range(40_000)) + ">")),
+            Reason.TOO_LARGE, id="huge-attribute-list"),
+        pytest.param(h.v30_base64(h.v30_xml().replace("</Haendelse>",
+                                                      f"<Tekst>{HUGE}</Tekst></Haendelse>")),
+                     Reason.TOO_LARGE, id="huge-base64"),
+        # ... or by a compressing "charset": Python knows zlib as a codec, never for text
+        pytest.param(wrapped(zlib.compress(b"<a>" + b"a" * 50_000_000 + b"</a>"), "zlib"),
+                     Reason.BAD_ENCODING, id="zlib-bomb-as-charset"),
+        pytest.param(wrapped(zlib.compress(b" " * 50_000_000), "zlib_codec", Version.V2_2),
+                     Reason.BAD_ENCODING, id="zlib-bomb-as-2.2-charset"),
+        pytest.param(declared(h.v30_inline(h.v30_xml()), "x-nonsense"), Reason.BAD_ENCODING,
+                     id="charset-unknown"),
+        pytest.param(declared(h.v30_inline(h.v30_xml()), "UTF-16"), Reason.BAD_ENCODING,
+                     id="charset-utf16-on-8-bit"),
+        pytest.param(declared(h.v30_inline(h.v30_xml().replace("</Haendelse>", NOTE)),
+                              "ISO-8859-1"), Reason.BAD_ENCODING, id="charset-latin1-on-utf8"),
+        pytest.param(wrapped(('<?xml version="1.0" encoding="ISO-8859-1"?>'
+                              + h.v30_xml()).encode("latin-1"), "UTF-8"),
+                     Reason.BAD_ENCODING, id="charset-payload-and-wrapper-differ"),
+        pytest.param(wrapped(h.v30_xml().replace("</Haendelse>", NOTE).encode(), "ISO-8859-1"),
+                     Reason.BAD_ENCODING, id="charset-wrapper-latin1-on-utf8"),
+        pytest.param(wrapped(h.record(text="Skade på hånd").encode(), "ISO-8859-1",
+                             Version.V2_2), Reason.BAD_ENCODING, id="charset-2.2-latin1-on-utf8"),
+        pytest.param(wrapped(h.record(text="Skade på hånd").encode("latin-1"), "UTF-8",
+                             Version.V2_2), Reason.BAD_ENCODING, id="charset-2.2-utf8-on-latin1"),
+    ],
+)
+def test_hostile_input_is_refused_with_its_reason(body: bytes, reason: Reason) -> None:
+    assert len(body) <= 1024 * 1024, "within the message size limit: refused for what it is"
+    assert reason_of(body) is reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(wrapped(h.v30_xml().replace("</Haendelse>", NOTE).encode("latin-1"),
+                             "ISO-8859-1"), id="latin1-labelled-latin1"),
+        pytest.param(wrapped(('<?xml version="1.0" encoding="ISO-8859-1"?>' + h.v30_xml()
+                              .replace("</Haendelse>", NOTE)).encode("latin-1"), "ISO-8859-1"),
+                     id="latin1-declared-twice"),
+        pytest.param(h.v30_inline(h.v30_xml().replace("</Haendelse>", NOTE)).decode()
+                     .replace('encoding="UTF-8"', 'encoding="UTF-16"', 1).encode("utf-16"),
+                     id="real-utf16"),
+        pytest.param(wrapped(h.record(text="Skade på hånd").encode("latin-1"), "ISO-8859-1",
+                             Version.V2_2), id="2.2-latin1"),
+    ],
+)
+def test_honest_charsets_are_accepted(body: bytes) -> None:
+    item = prepare(h.raw(body), READER)
+    assert item.reason is None, item.detail
+    assert item.event is not None
+    assert item.event.description is not None
+    assert "på hånd" in item.event.description
 
 
 def test_size_limit_is_configurable() -> None:

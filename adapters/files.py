@@ -23,16 +23,20 @@ class InputError(Exception):
     """An input path that cannot be read."""
 
 
-def list_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given; a directory's `*.xml` in file-name order (which is arrival order)."""
-    files: list[Path] = []
+def list_inputs(inputs: Sequence[Path]) -> list[str]:
+    """Files as given; a directory's `*.xml` in file-name order (which is arrival order).
+
+    Paths as plain strings: a backlog may hold millions of files, and a Path object costs
+    several times the bytes of its string.
+    """
+    files: list[str] = []
     for path in inputs:
         if path.is_dir():
             with os.scandir(path) as entries:  # d_type, no stat per file; sort the names
                 names = sorted(e.name for e in entries if e.name.endswith(".xml") and e.is_file())
-            files.extend(path / name for name in names)
+            files.extend(os.path.join(path, name) for name in names)
         elif path.is_file():
-            files.append(path)
+            files.append(str(path))
         else:
             raise InputError(f"input {str(path)!r} is neither a file nor a directory")
     return files
@@ -54,35 +58,36 @@ class FileDelivery:
 
     settler = NO_ACK
 
-    def __init__(self, path: Path, read_at: dt.datetime | None = None) -> None:
+    def __init__(self, path: str | Path, read_at: dt.datetime | None = None) -> None:
         try:
             with open(path, "rb") as stream:
                 body = stream.read()
         except OSError as exc:
             raise InputError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
-        self.raw = RawMessage(body, f"file:{path.name}", read_at or dt.datetime.now(dt.UTC))
+        self.raw = RawMessage(body, f"file:{os.path.basename(path)}",
+                              read_at or dt.datetime.now(dt.UTC))
 
 
-def _prepare_files(paths: Sequence[Path], max_bytes: int) -> list[Prepared]:
+def _prepare_files(paths: Sequence[str], max_bytes: int) -> list[Prepared]:
     reader = EnvelopeReader(max_bytes=max_bytes)
     read_at = dt.datetime.now(dt.UTC)  # received_at is kept in whole seconds: once a batch
     return [prepare(FileDelivery(path, read_at).raw, reader) for path in paths]
 
 
-def _prepare_files_encoded(paths: Sequence[Path], max_bytes: int) -> bytes:
+def _prepare_files_encoded(paths: Sequence[str], max_bytes: int) -> bytes:
     """Runs in the worker process: read and parse, return the batch as msgpack."""
     return pack(_prepare_files(paths, max_bytes))
 
 
 async def prepared_batches(
-    files: Sequence[Path], size: int, max_bytes: int, workers: int = 0
+    files: Sequence[str], size: int, max_bytes: int, workers: int = 0
 ) -> AsyncIterator[list[Prepared]]:
     """Batches of read and parsed files, in order.
 
     With workers, parsing (the CPU-bound half of replay) runs in worker processes a few
     batches ahead, while this process decides and commits: it uses both cores.
     """
-    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    chunks = (files[i : i + size] for i in range(0, len(files), size))
     if workers < 1:
         for chunk in chunks:
             yield _prepare_files(chunk, max_bytes)
@@ -90,7 +95,7 @@ async def prepared_batches(
     loop = asyncio.get_running_loop()
     with worker_pool(workers) as pool:
         ahead: deque[asyncio.Future[bytes]] = deque()
-        pending = iter(chunks)
+        pending = chunks
 
         def submit_next() -> None:
             for chunk in itertools.islice(pending, 1):

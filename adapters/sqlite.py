@@ -51,6 +51,8 @@ CREATE INDEX IF NOT EXISTS events_ref ON events (event_ref) WHERE event_ref IS N
 CREATE INDEX IF NOT EXISTS events_cpr ON events (cpr);
 CREATE INDEX IF NOT EXISTS events_accepted ON events (accepted_at);
 CREATE INDEX IF NOT EXISTS events_open_pairs ON events (first_seen) WHERE pair_closed = 0;
+-- the overlap counts read an index, not millions of rows sorted in memory
+CREATE INDEX IF NOT EXISTS events_versions ON events (versions);
 CREATE TABLE IF NOT EXISTS messages (
     message_key TEXT PRIMARY KEY,
     outcome TEXT NOT NULL,
@@ -149,7 +151,7 @@ class Store:
             # survives a power loss too; never one fsync per message.
             await conn.executescript(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;"
-                "PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
+                "PRAGMA cache_size=-32768; PRAGMA temp_store=MEMORY;"
             )
             await _migrate(conn)
             await conn.executescript(SCHEMA)
@@ -207,10 +209,12 @@ class Store:
         if not legacy_ids and not numbers:
             return []
         legacy, number = list(legacy_ids), list(numbers)
+        # UNION, not OR: with OR SQLite may scan the whole table instead of both indexes
         rows = await self._conn.execute_fetchall(
             "SELECT legacy_case_id, case_number, cpr, method FROM links "
-            f"WHERE legacy_case_id IN ({_placeholders(legacy)}) "
-            f"OR case_number IN ({_placeholders(number)})",
+            f"WHERE legacy_case_id IN ({_placeholders(legacy)}) UNION "
+            "SELECT legacy_case_id, case_number, cpr, method FROM links "
+            f"WHERE case_number IN ({_placeholders(number)})",
             [*legacy, *number],
         )
         return [Link(*row) for row in rows]

@@ -163,7 +163,8 @@ async def run(
         relays += sink_relays
         closers.append(close)
     service = Service(pipeline, intake, sources, relays, config.store.batch_size,
-                      config.store.batch_wait_ms / 1000, [*closers, store.close])
+                      config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
+                      [*closers, store.close])
     health = await _health(service, config.http.listen, metrics) if config.http.listen else None
     observer = asyncio.create_task(_observe(service, store, metrics, config))
     stop = stop or asyncio.Event()

@@ -104,7 +104,8 @@ class StoreConfig(Strict):
     retention_days: int = 400
     quarantine_retention_days: int = 90  # raw refused messages hold personal data
     batch_size: int = 500
-    batch_wait_ms: int = 20
+    batch_wait_ms: int = 20  # the longest a batch waits to fill
+    batch_gap_ms: float = 2.0  # ... and it closes when no message came for this long
 
 
 class MatchingConfig(Strict):
@@ -193,8 +194,10 @@ def _validate(config: Config) -> None:
         raise ConfigError("no [[sources]]: the gateway would have nothing to read")
     if not config.sinks:
         raise ConfigError("no [[sinks]]: the gateway would have nowhere to emit")
-    if config.store.batch_size < 1 or config.store.batch_wait_ms < 0:
-        raise ConfigError("store.batch_size must be at least 1 and batch_wait_ms at least 0")
+    if (config.store.batch_size < 1 or config.store.batch_wait_ms < 0
+            or config.store.batch_gap_ms < 0):
+        raise ConfigError("store.batch_size must be at least 1, batch_wait_ms and batch_gap_ms"
+                          " at least 0")
     for index, source in enumerate(config.sources):
         if isinstance(source, AmqpSource) and source.prefetch < 1:
             raise ConfigError(f"sources[{index}].prefetch must be at least 1")

@@ -39,6 +39,7 @@ class Service:
         relays: Sequence[Relay],
         batch_size: int = 500,
         batch_wait_s: float = 0.02,
+        batch_gap_s: float = 0.002,
         closers: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.pipeline = pipeline
@@ -47,6 +48,7 @@ class Service:
         self.relays = list(relays)
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
+        self.batch_gap_s = batch_gap_s
         self.closers = list(closers)
         self.store_ok = True
         self.throttled = False
@@ -117,7 +119,9 @@ class Service:
                 continue
             except asyncio.QueueEmpty:
                 pass
-            remaining = deadline - loop.time()
+            # Group commit without idle waiting: a batch grows while messages keep coming
+            # (a gap under batch_gap_s), up to batch_wait_s; a lone message goes at once.
+            remaining = min(deadline - loop.time(), self.batch_gap_s)
             if remaining <= 0:
                 return
             try:

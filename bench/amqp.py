@@ -71,9 +71,12 @@ async def passthrough(topo: brokers.Topology, total: int, window: int = 1000) ->
         return total / (time.perf_counter() - started)
 
 
-async def through_gateway(topo: brokers.Topology, total: int, expected: int, db: Path) -> float:
+async def through_gateway(topo: brokers.Topology, total: int, expected: int, db: Path,
+                          batch_wait_ms: int | None = None) -> float:
     # the same prefetch as the passthrough; batches as large as one queue's prefetch
-    toml = brokers.config_toml(topo, str(db)).replace("batch_size = 200", "batch_size = 1000")
+    batch = "batch_size = 1000" + ("" if batch_wait_ms is None
+                                   else f"\nbatch_wait_ms = {batch_wait_ms}")
+    toml = brokers.config_toml(topo, str(db)).replace("batch_size = 200", batch)
     config = cfg.parse(toml.replace("prefetch = 300", "prefetch = 1000"))
     stop = asyncio.Event()
     started = time.perf_counter()
@@ -99,7 +102,8 @@ async def main(args: argparse.Namespace) -> None:
         await brokers.drain(topo.events_queue, idle_s=0.1)
         await load(topo, messages)
         with tempfile.TemporaryDirectory() as tmp:
-            rate = await through_gateway(topo, len(messages), expected, Path(tmp) / "g.db")
+            rate = await through_gateway(topo, len(messages), expected, Path(tmp) / "g.db",
+                                         args.batch_wait_ms)
     finally:
         await brokers.delete(topo)
     print(f"messages                {len(messages)}")
@@ -111,4 +115,6 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--batch-wait-ms", type=int, help="store.batch_wait_ms (default: the "
+                        "gateway's own)")
     asyncio.run(main(parser.parse_args()))

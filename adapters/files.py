@@ -60,12 +60,29 @@ class FileDelivery:
 
     def __init__(self, path: str | Path, read_at: dt.datetime | None = None) -> None:
         try:
-            with open(path, "rb") as stream:
-                body = stream.read()
+            body = _read(path)
         except OSError as exc:
             raise InputError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
         self.raw = RawMessage(body, f"file:{os.path.basename(path)}",
                               read_at or dt.datetime.now(dt.UTC))
+
+
+_BUFFER = bytearray(256 * 1024)
+
+
+def _read(path: str | Path) -> bytes:
+    """A whole file in three system calls (open() takes seven): replay reads millions."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.readv(fd, [_BUFFER])
+        if size < len(_BUFFER):
+            return bytes(memoryview(_BUFFER)[:size])
+        rest = [bytes(_BUFFER)]  # a big one (to be refused as too large): the slow way
+        while chunk := os.read(fd, 1 << 20):
+            rest.append(chunk)
+        return b"".join(rest)
+    finally:
+        os.close(fd)
 
 
 def _prepare_files(paths: Sequence[str], max_bytes: int) -> list[Prepared]:

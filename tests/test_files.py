@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
-from adapters.files import JsonlSink
+import pytest
+
+from adapters.files import FileDelivery, JsonlSink
 from gateway.ports import OutboxRow
 
 
@@ -34,3 +37,10 @@ def test_reopening_appends(tmp_path: Path) -> None:
         asyncio.run(sink.send(rows(start, 5)))
         sink.close()
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 10
+
+
+@pytest.mark.parametrize("size", [0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 3_000_000])
+def test_files_are_read_whole_whatever_their_size(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "m.xml").write_bytes(data)
+    assert FileDelivery(tmp_path / "m.xml").raw.body == data

@@ -1,19 +1,26 @@
 """Fuzz the envelope and both payload parsers: every input must give an outcome.
 
-    .venv/bin/python bench/fuzz.py [--inputs 100000]
+    .venv/bin/python bench/fuzz.py [--inputs 100000] [--atheris RUNS]
 
 Hypothesis drives three strategies in turn (arbitrary bytes; valid messages of both versions
 and forms with bytes replaced, inserted and cut; arbitrary text as a 2.2 record). Every input
 goes through the same `prepare` + `decide` as live traffic. Prints inputs, outcomes, the
 slowest input and the memory before and after; exit 1 on any exception or an input slower
 than a second.
+
+With --atheris RUNS, atheris (libFuzzer, coverage-guided) then runs RUNS inputs more through
+the same path in a process of its own (bench/fuzz_atheris.py), its corpus seeded with the valid
+messages; exit 1 when it finds a crash.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -83,9 +90,30 @@ def run(inputs: int) -> None:
         test()
 
 
+def run_atheris(runs: int) -> bool:
+    """libFuzzer over the same path, seeded with the valid messages; True when clean."""
+    with tempfile.TemporaryDirectory(prefix="aes-atheris-") as corpus:
+        for index, body in enumerate(VALID):
+            (Path(corpus) / f"seed-{index}").write_bytes(body)
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, str(ROOT / "bench" / "fuzz_atheris.py"),
+                                 str(runs), corpus], capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - started
+        found = len(list(Path(corpus).iterdir()))
+    done = re.search(r"Done (\d+) runs", result.stderr)
+    coverage = re.findall(r"cov: (\d+)", result.stderr)
+    if result.returncode != 0 or done is None:
+        print(f"atheris: exit {result.returncode}\n{result.stderr[-3000:]}")
+        return False
+    print(f"atheris {done.group(1)} runs in {elapsed:.0f} s; {coverage[-1] if coverage else '?'}"
+          f" coverage points; corpus {len(VALID)} -> {found} inputs")
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inputs", type=int, default=100_000)
+    parser.add_argument("--atheris", type=int, default=0, metavar="RUNS")
     args = parser.parse_args()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
@@ -97,7 +125,10 @@ def main() -> int:
           f"peak RSS {rss_before // 1024} -> {rss_after // 1024} MB")
     for outcome, count in outcomes.most_common():
         print(f"  {outcome:<28}{count:8d}")
-    return 0 if slowest[0] < 1.0 else 1
+    clean = slowest[0] < 1.0
+    if args.atheris:
+        clean = run_atheris(args.atheris) and clean
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -38,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.model import Version  # noqa: E402 - after the path is set
 from gateway.simulate import simulate  # noqa: E402
 from tests import brokers  # noqa: E402
+from tests.faults import fill, small_disk  # noqa: E402
 from tests.mosquitto import Collector, Mosquitto, free_port  # noqa: E402
 
 CLI = [sys.executable, "-m", "gateway.cli"]
@@ -116,56 +116,6 @@ class Gateway:
             self.proc = None
 
 
-@contextlib.contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path | None]:
-    """A tmpfs of `size` at `path`; None when this machine does not let us mount one."""
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, check=False)
-    if mounted.returncode != 0:
-        yield None
-        return
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write until the file system says no."""
-    with contextlib.suppress(OSError), path.open("ab") as f:
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
-    with contextlib.suppress(OSError), path.open("ab") as f:  # the last partial blocks too
-        while True:
-            f.write(b"\0" * 512)
-            f.flush()
-
-
-async def publish_steadily(streams: list[tuple[str, bytes]], rate: float,
-                           third: asyncio.Event, published: list[int]) -> None:
-    """Publish at `rate` messages/s, persistent, retrying through a broker restart."""
-    connection = await aio_pika.connect_robust(brokers.AMQP_URL)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        for index, (queue, body) in enumerate(streams):
-            while True:
-                try:
-                    await channel.default_exchange.publish(
-                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                        queue, timeout=5)
-                    break
-                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError,
-                        TimeoutError):
-                    await asyncio.sleep(0.2)  # the broker is restarting: the same again
-            published[0] = index + 1
-            if index == len(streams) // 3:
-                third.set()
-            if index % 20 == 0:
-                await asyncio.sleep(20 / rate)
-
-
 async def first_event_after(ended: float, count: Callable[[], int]) -> float:
     """Seconds from `ended` until `count()` grows past what it was when the fault ended."""
     before = count()
@@ -226,7 +176,6 @@ max_backlog = 2000
     await mqtt.ready()
     gateway = Gateway(config)
     gateway.start()
-    third = asyncio.Event()
     watched = (lambda: len(mqtt.messages)) if "mosquitto" in name or "sink" in name else (
         lambda: len(amqp.ids))  # the faulted sink: MQTT for a Mosquitto fault
     resumed: asyncio.Task[float] | None = None
@@ -241,9 +190,10 @@ max_backlog = 2000
     if name == "sigkill":  # slow enough that every kill falls while messages still arrive
         rate = min(rate, len(streams) * 2 / 3 / (args.kills * 0.7) * 0.8)
     published = [0]
-    publisher = asyncio.create_task(publish_steadily(streams, rate, third, published))
+    publisher = asyncio.create_task(brokers.publish_steadily(streams, rate, published))
     try:
-        await third.wait()
+        while published[0] < len(streams) // 3:  # noqa: ASYNC110 - the fault begins a third in
+            await asyncio.sleep(0.02)
         if name == "sigkill":
             kills = 0
             while kills < args.kills:

@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aio_pika
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -42,27 +40,6 @@ def start_gateway(config: Path, until_idle: float | None = None) -> subprocess.P
         args += ["--until-idle", str(until_idle)]
     env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-
-
-async def publish_steadily(
-    streams: list[tuple[str, bytes]], rate: float, done: asyncio.Event
-) -> None:
-    connection = await aio_pika.connect_robust(brokers.AMQP_URL)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        for index, (queue, body) in enumerate(streams):
-            while True:
-                try:
-                    await channel.default_exchange.publish(
-                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                        queue,
-                    )
-                    break
-                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
-                    await asyncio.sleep(0.2)  # the broker is restarting: try the same again
-            if index % 20 == 0:
-                await asyncio.sleep(20 / rate)
-    done.set()
 
 
 def restart_broker() -> float:
@@ -82,12 +59,11 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     queue_of = {Version.V2_2: topo.q22, Version.V3_0: topo.q30}
     config = workdir / "gateway.toml"
     config.write_text(brokers.config_toml(topo, str(workdir / "gateway.db")))
-    done = asyncio.Event()
-    publisher = asyncio.create_task(publish_steadily(
-        [(queue_of[v], body) for v, body in streams], args.rate, done))
+    publisher = asyncio.create_task(brokers.publish_steadily(
+        [(queue_of[v], body) for v, body in streams], args.rate))
     kills, broker_restart_s = 0, None
     gateway = start_gateway(config)
-    while not done.is_set() or kills < args.kills:
+    while not publisher.done() or kills < args.kills:
         await asyncio.sleep(rng.uniform(0.3, 1.5))
         gateway.send_signal(signal.SIGKILL)
         gateway.wait()

@@ -70,6 +70,30 @@ async def publish(queue: str, bodies: Sequence[bytes]) -> None:
         ))
 
 
+async def publish_steadily(
+    streams: Sequence[tuple[str, bytes]], rate: float, published: list[int] | None = None
+) -> None:
+    """Publish (queue, body) pairs in order at about `rate` messages/s, persistent, with
+    confirms, retrying the same message through a broker restart. `published[0]` counts."""
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for index, (queue, body) in enumerate(streams):
+            while True:
+                try:
+                    await channel.default_exchange.publish(
+                        aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        queue, timeout=5)
+                    break
+                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError,
+                        TimeoutError):
+                    await asyncio.sleep(0.2)  # the broker is restarting: the same again
+            if published is not None:
+                published[0] = index + 1
+            if index % 20 == 0:
+                await asyncio.sleep(20 / rate)
+
+
 async def drain(queue: str, idle_s: float = 1.0) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Everything in the queue (acknowledged), stopping after `idle_s` without a message."""
     messages = []

@@ -4,10 +4,7 @@ is not ready, and it resumes by itself when space returns."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -18,28 +15,8 @@ from gateway import config as cfg
 from gateway.model import Version
 from gateway.simulate import simulate
 from tests import brokers
+from tests.faults import fill, small_disk
 from tests.mosquitto import free_port
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write until the disk says no."""
-    with contextlib.suppress(OSError), path.open("ab") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
 
 
 def test_disk_full_stops_acks_then_resumes(tmp_path: Path) -> None:
@@ -91,6 +68,8 @@ def test_disk_full_stops_acks_then_resumes(tmp_path: Path) -> None:
                 "waiting": waiting, "ids": ids, "left": left}
 
     with small_disk(tmp_path / "disk", "16m") as disk:
+        if disk is None:
+            pytest.skip("cannot mount a tmpfs here (not root?)")
         result = asyncio.run(scenario(disk))
     assert result["ready_while_full"] == 503
     assert "aes_gateway_store_writable 0.0" in str(result["metrics"])

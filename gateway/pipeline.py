@@ -150,8 +150,9 @@ class Relay:
             total += sent
         return total
 
-    async def run(self, poll_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
-        """Relay forever: woken after commits, polling now and then, backing off on errors."""
+    async def run(self, poll_s: float = 1.0, max_backoff_s: float = 2.0) -> None:
+        """Relay forever: woken after commits, polling now and then, backing off on errors
+        (at most 2 s: a returning sink is fed again within seconds)."""
         backoff = 0.5
         while True:
             try:

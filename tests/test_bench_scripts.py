@@ -1,0 +1,32 @@
+"""The scale and latency benchmarks in small form: they run, and what they check holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_scale_script_decides_alike_with_and_without_a_big_store(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/scale.py", "--events", "20000", "--messages", "2000",
+         "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line[:22].strip(): line[22:].strip() for line in result.stdout.splitlines()}
+    assert lines["full-store decisions"] == "equal the prefill-only store"
+    assert lines["measured messages"].startswith("2000 (1000 of them twins")
+    for name in ("empty", "prefill", "full"):
+        assert "peak RSS" in lines[f"replay into {name}"]
+
+
+def test_latency_script_reads_the_gateways_histogram() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/latency.py", "--rate", "200", "--seconds", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    print(result.stdout)
+    lines = {line[:20].strip(): line[20:].strip() for line in result.stdout.splitlines()}
+    assert lines["messages"].startswith("600 (histogram counted 600)")
+    assert float(lines["p99"].split()[0]) > 0

@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS messages (
     version TEXT,
     received_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- the retention purge finds old rows by index, not by reading millions of them under the lock
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE TABLE IF NOT EXISTS links (
     legacy_case_id TEXT PRIMARY KEY,
     case_number TEXT NOT NULL UNIQUE,
@@ -67,6 +69,7 @@ CREATE TABLE IF NOT EXISTS links (
     method TEXT NOT NULL,
     learned_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS links_learned ON links (learned_at);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,

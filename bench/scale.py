@@ -308,9 +308,6 @@ def main() -> None:
         seconds = fill(template, args.events, args.seed)
         marker.touch()
         print(f"synthetic store       {args.events} events written in {seconds:.0f} s")
-    size = template.stat().st_size
-    print(f"store size            {size / 1e6:.0f} MB = {size / 1e6 / (args.events / 1e6):.0f} "
-          f"MB per million events")
 
     stores = {name: work / f"{name}.db" for name in ("empty", "prefill", "full")}
     for path in stores.values():
@@ -327,6 +324,12 @@ def main() -> None:
         print(f"replay into {name:9} {len(measured) / r['seconds']:8.0f} msg/s  "  # type: ignore[operator]
               f"({r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"parse worker {r['worker_rss_mb']:.0f} MB)")
+    size = sum(p.stat().st_size for p in (stores["full"], Path(f"{stores['full']}-wal"))
+               if p.exists())
+    with sqlite3.connect(stores["full"]) as conn:
+        events = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    print(f"full store            {size / 1e6:.0f} MB for {events} events = "
+          f"{size / 1e6 / (events / 1e6):.0f} MB per million events")
     ratio = results["empty"]["seconds"] / results["full"]["seconds"]  # type: ignore[operator]
     print(f"full / empty rate     {ratio:.2f}")
     same = decisions(results["prefill"]["summary"]) == decisions(results["full"]["summary"])  # type: ignore[arg-type]

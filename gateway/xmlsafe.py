@@ -24,7 +24,7 @@ _XML_DECLARED_ENCODING: Final = re.compile(
 )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)  # keyed by codec name: a handful in practice, bounded anyway
 def _parser(encoding: str | None) -> etree.XMLParser:
     return etree.XMLParser(
         encoding=encoding,  # None: as the document declares (UTF-8 without a declaration)
@@ -49,9 +49,9 @@ def parse_xml(data: bytes, encoding: str | None = None) -> etree._Element:
         if largest > MAX_NODE_BYTES:
             raise BadInput(Reason.TOO_LARGE, f"a text or tag of {largest} bytes exceeds the "
                                              f"limit of {MAX_NODE_BYTES} for one node")
-    _check_declaration(data, encoding)
+    _check_declaration(data, encoding)  # also refuses an unknown `encoding`
     try:
-        root = etree.fromstring(data, _parser(encoding))
+        root = etree.fromstring(data, _parser(encoding and codecs.lookup(encoding).name))
     except etree.XMLSyntaxError as exc:
         text = str(exc).lower()
         encoding_trouble = "encod" in text or "utf-8" in text or "labelled" in text

@@ -34,8 +34,16 @@ def _reader(beskedtypes: tuple[tuple[str, Version], ...], max_bytes: int) -> Env
 
 
 def pack(batch: list[Prepared]) -> bytes:
-    """A prepared batch as msgpack, to cross from a worker process."""
-    return _ENCODER.encode(batch)
+    """A prepared batch as msgpack, to cross from a worker process.
+
+    Only a refused message's body is stored (in the quarantine); a parsed one's crosses
+    without it, a quarter of the bytes to copy, encode and decode.
+    """
+    return _ENCODER.encode([
+        item if item.event is None
+        else msgspec.structs.replace(item, raw=msgspec.structs.replace(item.raw, body=b""))
+        for item in batch
+    ])
 
 
 def unpack(data: bytes) -> list[Prepared]:

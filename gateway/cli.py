@@ -177,7 +177,7 @@ async def run_replay(
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     files = list_inputs(inputs)
-    async with await Store.open(store_path) as store:
+    async with await Store.open(store_path, bulk=True) as store:
         sink = JsonlSink(output, name="replay-output")
         # A sink new to this store starts a new file; a resumed one continues its file.
         sink.open(truncate=await store.sink_progress(sink.name) is None)

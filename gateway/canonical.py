@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from typing import TYPE_CHECKING, Final
 
@@ -29,9 +30,17 @@ CASE_LINK_CATEGORY: Final = "case_link"
 _encoder = msgspec.json.Encoder()
 
 
+_NAMESPACE_BYTES: Final = EVENT_ID_NAMESPACE.bytes
+
+
 def event_id(identity: str) -> str:
-    """UUIDv5 of the first accepted message's event identity."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, identity))
+    """UUIDv5 of the first accepted message's event identity: str(uuid.uuid5(namespace,
+    identity)) exactly (a test holds them equal), without the UUID object, a third the cost."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + identity.encode()).digest()[:16])  # noqa: S324 - UUIDv5 is SHA-1 by definition
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def _provenance(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import canonical
 from gateway.correlate import CorrelationState
 from gateway.decide import decide_batch, prepare
 from gateway.envelope import EnvelopeReader
@@ -83,3 +85,9 @@ def test_every_message_gets_exactly_one_outcome_and_replay_adds_nothing(batch: l
 
 def test_reason_values_are_stable_metric_labels() -> None:
     assert all(r.value == r.value.lower() and " " not in r.value for r in Reason)
+
+
+@given(st.text())
+def test_event_ids_are_exactly_uuid5_of_the_identity(identity: str) -> None:
+    # event ids are stored downstream: the fast path must never give another id
+    assert canonical.event_id(identity) == str(uuid.uuid5(canonical.EVENT_ID_NAMESPACE, identity))

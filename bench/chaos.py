@@ -46,8 +46,7 @@ import aio_pika
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.model import Version  # noqa: E402 - after the path is set
-from gateway.simulate import simulate  # noqa: E402
+from gateway.simulate import Simulator, simulate  # noqa: E402
 from tests import brokers  # noqa: E402
 from tests.faults import fill, small_disk  # noqa: E402
 from tests.mosquitto import Collector, Mosquitto, free_port  # noqa: E402
@@ -156,7 +155,7 @@ async def run_row(name: str, args: argparse.Namespace, workdir: Path) -> Row:
     return row
 
 
-async def _campaign(name: str, args: argparse.Namespace, row: Row, sim: object,
+async def _campaign(name: str, args: argparse.Namespace, row: Row, sim: Simulator,
                     topo: brokers.Topology, mosquitto: Mosquitto, store_dir: Path,
                     workdir: Path) -> None:
     rng = random.Random(args.seed)
@@ -168,9 +167,7 @@ url = "mqtt://127.0.0.1:{mosquitto.port}"
 topic_prefix = "{TOPIC_PREFIX}"
 max_backlog = 2000
 """).replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{free_port()}"'))
-    queue_of = {Version.V2_2: topo.q22, Version.V3_0: topo.q30}
-    streams = [(queue_of[Version.V2_2 if m.version is Version.V2_2 else Version.V3_0], m.body)
-               for m in sim.messages]  # type: ignore[attr-defined]
+    streams = brokers.streams(topo, sim.messages)
     mqtt, amqp = Collector(mosquitto.port, f"{TOPIC_PREFIX}/#"), AmqpCollector(topo.events_queue)
     collectors = [asyncio.create_task(mqtt.run()), asyncio.create_task(amqp.run())]
     await mqtt.ready()

@@ -27,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.model import Version  # noqa: E402 - after the path is set
 from gateway.simulate import simulate  # noqa: E402
 from tests import brokers  # noqa: E402
 
@@ -53,14 +52,11 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     rng = random.Random(args.seed)
     sim = simulate(args.cases, args.seed, bad_share=0.03, scenarios=False)
     key = sim.answer_key()
-    streams = [(topo_queue, m.body) for m in sim.messages
-               for topo_queue in [Version.V2_2 if m.version is Version.V2_2 else Version.V3_0]]
     topo = await brokers.declare()
-    queue_of = {Version.V2_2: topo.q22, Version.V3_0: topo.q30}
+    streams = brokers.streams(topo, sim.messages)
     config = workdir / "gateway.toml"
     config.write_text(brokers.config_toml(topo, str(workdir / "gateway.db")))
-    publisher = asyncio.create_task(brokers.publish_steadily(
-        [(queue_of[v], body) for v, body in streams], args.rate))
+    publisher = asyncio.create_task(brokers.publish_steadily(streams, args.rate))
     kills, broker_restart_s = 0, None
     gateway = start_gateway(config)
     while not publisher.done() or kills < args.kills:

@@ -28,7 +28,6 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.model import Version  # noqa: E402 - after the path is set
 from gateway.simulate import simulate  # noqa: E402
 from tests import brokers  # noqa: E402
 from tests.mosquitto import free_port  # noqa: E402
@@ -85,9 +84,7 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> int:
     sim = simulate(int(messages / 6.7) + 1, args.seed, bad_share=0.03, scenarios=False)
     topo = await brokers.declare()
     port = free_port()
-    queue_of = {Version.V2_2: topo.q22, Version.V3_0: topo.q30}
-    streams = [(queue_of[Version.V2_2 if m.version is Version.V2_2 else Version.V3_0], m.body)
-               for m in sim.messages][:messages]
+    streams = brokers.streams(topo, sim.messages)[:messages]
     config = workdir / "gateway.toml"
     toml = brokers.config_toml(topo, str(workdir / "gateway.db")).replace(
         'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')

@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.cli import _simulate  # noqa: E402 - after the path is set
-from gateway.model import Version  # noqa: E402
 from gateway.simulate import simulate  # noqa: E402
 from tests import brokers  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
@@ -71,9 +70,7 @@ def top(profile: Path, count: int = 12) -> None:
 
 async def preload(topo: brokers.Topology, messages: int) -> None:
     sim = simulate(int(messages / 6.7) + 1, seed=5, bad_share=0.03, scenarios=False)
-    await brokers.publish(topo.q22, [m.body for m in sim.messages if m.version is Version.V2_2])
-    await brokers.publish(topo.q30, [m.body for m in sim.messages
-                                     if m.version is not Version.V2_2])
+    await brokers.publish_simulated(topo, sim.messages)
 
 
 def run_drained(py_spy: str, out: Path, work: Path, messages: int, sink: str) -> Path:

@@ -150,6 +150,7 @@ def fill(path: Path, events: int, seed: int) -> float:
                " cpr, versions, first_version, event_ref, first_seen, other_seen,"
                " municipality_code, accepted_at, pair_closed")
     now = int(time.time())
+    filled = 0
     for event_rows, message_rows, link_rows in synthetic_rows(events, seed, now):
         conn.execute("BEGIN")
         conn.executemany(f"INSERT INTO events ({columns}) VALUES ({','.join('?' * 15)})",
@@ -157,7 +158,8 @@ def fill(path: Path, events: int, seed: int) -> float:
         conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", message_rows)
         conn.executemany("INSERT INTO links VALUES (?, ?, ?, ?, ?)", link_rows)
         conn.execute("COMMIT")
-        print(f"\r  filled {event_rows and len(event_rows)} more events", end="", file=sys.stderr)
+        filled += len(event_rows)
+        print(f"\r  {filled} of {events} events written", end="", file=sys.stderr)
     for _, sql in indexes:
         conn.execute(sql)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

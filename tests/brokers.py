@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 import aio_pika
 
+from gateway.model import Version
+from gateway.simulate import Message
+
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
@@ -57,6 +60,22 @@ async def declare() -> Topology:
             queue = await channel.declare_queue(queue_name, durable=True)
             await queue.bind(exchange, "#")
     return topo
+
+
+def mailbox(topo: Topology, message: Message) -> str:
+    """A simulated message's mailbox: 2.2 to one, 3.0 and the unreadable ones to the other."""
+    return topo.q22 if message.version is Version.V2_2 else topo.q30
+
+
+def streams(topo: Topology, messages: Sequence[Message]) -> list[tuple[str, bytes]]:
+    """(mailbox, body) in arrival order, for the steady publishers."""
+    return [(mailbox(topo, m), m.body) for m in messages]
+
+
+async def publish_simulated(topo: Topology, messages: Sequence[Message]) -> None:
+    """Every message into its mailbox, all at once."""
+    for queue in (topo.q22, topo.q30):
+        await publish(queue, [body for q, body in streams(topo, messages) if q == queue])
 
 
 async def publish(queue: str, bodies: Sequence[bytes]) -> None:

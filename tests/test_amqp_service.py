@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gateway.model import Version
 from gateway.simulate import simulate
 from tests import brokers
 from tests.conftest import CLI, ROOT, run_cli
@@ -22,10 +21,7 @@ def test_both_versions_from_two_queues_give_each_event_once(tmp_path: Path) -> N
     key = sim.answer_key()
     topo = asyncio.run(brokers.declare())
     try:
-        by_queue = {topo.q22: [m.body for m in sim.messages if m.version is Version.V2_2],
-                    topo.q30: [m.body for m in sim.messages if m.version is not Version.V2_2]}
-        for queue, bodies in by_queue.items():
-            asyncio.run(brokers.publish(queue, bodies))
+        asyncio.run(brokers.publish_simulated(topo, sim.messages))
         config = tmp_path / "gateway.toml"
         config.write_text(brokers.config_toml(topo, str(tmp_path / "gateway.db")))
         run_cli("run", "--config", str(config), "--until-idle", "1.5")
@@ -58,10 +54,7 @@ def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(brokers.config_toml(topo, str(tmp_path / "gateway.db")))
     try:
-        asyncio.run(brokers.publish(topo.q22, [m.body for m in sim.messages
-                                               if m.version is Version.V2_2]))
-        asyncio.run(brokers.publish(topo.q30, [m.body for m in sim.messages
-                                               if m.version is not Version.V2_2]))
+        asyncio.run(brokers.publish_simulated(topo, sim.messages))
         env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
         gateway = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=ROOT, env=env)
         time.sleep(1.5)  # mid-stream: part of the mailboxes decided

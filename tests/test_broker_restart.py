@@ -13,7 +13,6 @@ import tempfile
 
 from adapters.runtime import run
 from gateway import config as cfg
-from gateway.model import Version
 from gateway.simulate import simulate
 from tests import brokers
 
@@ -30,22 +29,16 @@ def test_the_gateway_consumes_again_after_a_broker_restart_without_being_restart
     expected = int(key["emitted"]) + int(key["case_links"])  # type: ignore[call-overload]
     half = len(sim.messages) // 2
 
-    async def publish(messages: list[object], topo: brokers.Topology) -> None:
-        await brokers.publish(topo.q22, [m.body for m in messages  # type: ignore[attr-defined]
-                                         if m.version is Version.V2_2])  # type: ignore[attr-defined]
-        await brokers.publish(topo.q30, [m.body for m in messages  # type: ignore[attr-defined]
-                                         if m.version is not Version.V2_2])  # type: ignore[attr-defined]
-
     async def scenario(store: str) -> tuple[set[str], list[int]]:
         topo = await brokers.declare()
         stop = asyncio.Event()
         try:
             config = cfg.parse(brokers.config_toml(topo, store))
             service = asyncio.create_task(run(config, stop=stop))
-            await publish(list(sim.messages[:half]), topo)
+            await brokers.publish_simulated(topo, sim.messages[:half])
             await asyncio.sleep(1.0)
             await asyncio.to_thread(restart_rabbitmq)
-            await publish(list(sim.messages[half:]), topo)
+            await brokers.publish_simulated(topo, sim.messages[half:])
             ids: set[str] = set()
             collected: list[str] = []
             for _ in range(300):  # up to 30 s; the gateway reconnects after 1 s

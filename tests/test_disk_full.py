@@ -12,7 +12,6 @@ import pytest
 
 from adapters.runtime import run
 from gateway import config as cfg
-from gateway.model import Version
 from gateway.simulate import simulate
 from tests import brokers
 from tests.faults import fill, small_disk
@@ -36,10 +35,7 @@ def test_disk_full_stops_acks_then_resumes(tmp_path: Path) -> None:
             service = asyncio.create_task(run(config, stop=stop))
             await asyncio.sleep(1.0)  # the empty store exists; now the disk fills up
             await asyncio.to_thread(fill, filler)
-            await brokers.publish(topo.q22, [m.body for m in sim.messages
-                                             if m.version is Version.V2_2])
-            await brokers.publish(topo.q30, [m.body for m in sim.messages
-                                             if m.version is not Version.V2_2])
+            await brokers.publish_simulated(topo, sim.messages)
             async with aiohttp.ClientSession() as session:
                 for _ in range(40):  # the gauges are refreshed every 5 s
                     await asyncio.sleep(0.5)

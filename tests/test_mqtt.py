@@ -13,7 +13,6 @@ import trustme
 
 from adapters.runtime import run
 from gateway import config as cfg
-from gateway.model import Version
 from gateway.simulate import simulate
 from tests import brokers
 from tests.conftest import read_jsonl
@@ -39,9 +38,7 @@ listen = "127.0.0.1:0"
 
 async def _load(topo: brokers.Topology, cases: int, seed: int) -> dict[str, object]:
     sim = simulate(cases, seed, bad_share=0.0, scenarios=False)
-    await brokers.publish(topo.q22, [m.body for m in sim.messages if m.version is Version.V2_2])
-    await brokers.publish(topo.q30, [m.body for m in sim.messages
-                                     if m.version is not Version.V2_2])
+    await brokers.publish_simulated(topo, sim.messages)
     return sim.answer_key()
 
 

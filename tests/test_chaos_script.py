@@ -18,6 +18,8 @@ def test_every_fault_row_loses_nothing_and_recovers(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
     )
     print(result.stdout)
+    assert table.exists(), f"chaos.py wrote no table (exit {result.returncode}):\n" + (
+        result.stderr[-3000:])
     rows = {row["fault"]: row for row in json.loads(table.read_text())}
     assert set(rows) == {"sigkill", "rabbitmq-restart", "mosquitto-restart", "disk-full",
                          "stalled-sink"}

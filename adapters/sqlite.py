@@ -7,9 +7,11 @@ commits; sinks are fed from the outbox, each with its own progress.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -144,6 +146,32 @@ class Store:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        # One connection serves every task: a query of another task (a relay reading the
+        # outbox) must never run inside a batch's open transaction and see rows that a
+        # rollback takes back. Every statement goes through the lock, transactions whole.
+        self._lock = asyncio.Lock()
+
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock:
+            return list(await self._conn.execute_fetchall(sql, params))
+
+    async def _statement(self, sql: str, params: Sequence[Any] = ()) -> None:
+        async with self._lock:
+            await self._conn.execute(sql, params)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; rolled back on any failure, the commit's
+        own included, so that the connection is never left inside a transaction."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    await self._conn.execute("ROLLBACK")
+                raise
 
     @classmethod
     async def open(cls, path: Path | str, bulk: bool = False) -> Store:
@@ -205,7 +233,7 @@ class Store:
         keys = list(message_keys)
         for start in range(0, len(keys), 5000):
             chunk = keys[start : start + 5000]
-            rows = await self._conn.execute_fetchall(
+            rows = await self._query(
                 f"SELECT message_key FROM messages WHERE message_key IN ({_placeholders(chunk)})",
                 chunk,
             )
@@ -217,7 +245,7 @@ class Store:
             return []
         legacy, number = list(legacy_ids), list(numbers)
         # UNION, not OR: with OR SQLite may scan the whole table instead of both indexes
-        rows = await self._conn.execute_fetchall(
+        rows = await self._query(
             "SELECT legacy_case_id, case_number, cpr, method FROM links "
             f"WHERE legacy_case_id IN ({_placeholders(legacy)}) UNION "
             "SELECT legacy_case_id, case_number, cpr, method FROM links "
@@ -243,7 +271,7 @@ class Store:
                 params.extend(values)
         if not clauses:
             return []
-        rows = await self._conn.execute_fetchall(" UNION ".join(clauses), params)
+        rows = await self._query(" UNION ".join(clauses), params)
         return [EventRecord(*row) for row in rows]
 
     async def commit(
@@ -252,18 +280,15 @@ class Store:
         """Every outcome of the batch in one transaction."""
         now = int(dt.datetime.now(dt.UTC).timestamp())
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            await self._write(batch, results, effects, now)
-            await self._conn.execute("COMMIT")
+            async with self._transaction() as conn:
+                await self._write(conn, batch, results, effects, now)
         except aiosqlite.Error as exc:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
             raise StoreError(f"cannot commit batch: {exc}") from exc
 
     async def _write(
-        self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects, now: int
+        self, conn: aiosqlite.Connection, batch: Sequence[Prepared], results: Sequence[Result],
+        effects: Effects, now: int,
     ) -> None:
-        conn = self._conn
         await conn.executemany(
             "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
             [
@@ -311,18 +336,16 @@ class Store:
     # --- relaying the outbox ----------------------------------------------------------------
 
     async def sink_progress(self, sink: str) -> int | None:
-        rows = list(await self._conn.execute_fetchall(
-            "SELECT last_seq FROM sink_progress WHERE sink = ?", (sink,)
-        ))
+        rows = await self._query("SELECT last_seq FROM sink_progress WHERE sink = ?", (sink,))
         return int(rows[0][0]) if rows else None
 
     async def register_sink(self, sink: str, start: int = 0) -> None:
-        await self._conn.execute(
+        await self._statement(
             "INSERT OR IGNORE INTO sink_progress VALUES (?, ?)", (sink, start)
         )
 
     async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
-        rows = await self._conn.execute_fetchall(
+        rows = await self._query(
             "SELECT seq, event_id, municipality_code, category, event_type, body FROM outbox"
             " WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
@@ -330,13 +353,13 @@ class Store:
         return [OutboxRow(*row) for row in rows]
 
     async def mark_sent(self, sink: str, seq: int) -> None:
-        await self._conn.execute(
+        await self._statement(
             "UPDATE sink_progress SET last_seq = ? WHERE sink = ? AND last_seq < ?",
             (seq, sink, seq),
         )
 
     async def outbox_end(self) -> int:
-        rows = list(await self._conn.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM outbox"))
+        rows = await self._query("SELECT COALESCE(MAX(seq), 0) FROM outbox")
         return int(rows[0][0])
 
     # --- metrics ----------------------------------------------------------------------------
@@ -344,7 +367,7 @@ class Store:
     async def close_pairs(self, now: int, window_s: int) -> dict[str, int]:
         """Judge every event whose pairing window has passed by `now` (stream or wall time):
         `both` if the other version arrived within the window, else only its first version."""
-        rows = await self._conn.execute_fetchall(
+        rows = await self._query(
             # strictly past the window: a twin stamped on its last second may still be on its way
             "UPDATE events SET pair_closed = 1 WHERE pair_closed = 0 AND first_seen < ?"
             " RETURNING first_version, other_seen IS NOT NULL AND other_seen - first_seen <= ?",
@@ -357,15 +380,15 @@ class Store:
 
     async def backlog(self, sink: str) -> tuple[int, float | None]:
         """(events not yet relayed to `sink`, age in seconds of the oldest of them)."""
-        rows = list(await self._conn.execute_fetchall(
+        rows = await self._query(
             "SELECT COUNT(*), MIN(o.created_at) FROM outbox o, sink_progress p"
-            " WHERE p.sink = ? AND o.seq > p.last_seq", (sink,)))
+            " WHERE p.sink = ? AND o.seq > p.last_seq", (sink,))
         count, oldest = rows[0]
         age = None if oldest is None else max(dt.datetime.now(dt.UTC).timestamp() - oldest, 0)
         return int(count), age
 
     async def report_rows(self) -> list[tuple[int, str | None, str, int, int | None]]:
-        rows = await self._conn.execute_fetchall(
+        rows = await self._query(
             "SELECT first_seen, municipality_code, first_version, versions,"
             " other_seen - first_seen FROM events"
         )
@@ -377,7 +400,7 @@ class Store:
     # --- operators --------------------------------------------------------------------------
 
     async def overlap(self) -> dict[str, int]:
-        rows = await self._conn.execute_fetchall(
+        rows = await self._query(
             "SELECT versions, COUNT(*) FROM events GROUP BY versions"
         )
         by_bits = {int(bits): int(count) for bits, count in rows}
@@ -390,26 +413,25 @@ class Store:
         if ids is not None:
             params = list(ids)
             query += f" WHERE id IN ({_placeholders(params)})"
-        rows = await self._conn.execute_fetchall(query + " ORDER BY id", params)
+        rows = await self._query(query + " ORDER BY id", params)
         return [QuarantineRow(*row) for row in rows]
 
     async def quarantine_after(self, seq: int, limit: int) -> list[QuarantineRow]:
-        rows = await self._conn.execute_fetchall(
+        rows = await self._query(
             f"{_SELECT_QUARANTINE} WHERE id > ? ORDER BY id LIMIT ?", (seq, limit)
         )
         return [QuarantineRow(*row) for row in rows]
 
     async def release_quarantined(self, rows: Sequence[QuarantineRow]) -> None:
         """Forget quarantined messages so that they can be decided again."""
-        await self._conn.execute("BEGIN IMMEDIATE")
-        await self._conn.executemany(
-            "DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
-            [(row.message_key,) for row in rows],
-        )
-        await self._conn.executemany(
-            "DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in rows]
-        )
-        await self._conn.execute("COMMIT")
+        async with self._transaction() as conn:
+            await conn.executemany(
+                "DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
+                [(row.message_key,) for row in rows],
+            )
+            await conn.executemany(
+                "DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in rows]
+            )
 
     async def purge(
         self, retention_days: int, quarantine_days: int | None = None,
@@ -423,19 +445,19 @@ class Store:
             return int((now - dt.timedelta(days=days)).timestamp())
 
         deleted: dict[str, int] = {}
-        await self._conn.execute("BEGIN IMMEDIATE")
-        for table, column, days in (
-            ("events", "accepted_at", retention_days),
-            ("messages", "received_at", retention_days),
-            ("quarantine", "received_at", quarantine_days or retention_days),
-            ("links", "learned_at", retention_days),
-        ):
-            cursor = await self._conn.execute(
-                f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
-            deleted[table] = cursor.rowcount
-        cursor = await self._conn.execute(
-            "DELETE FROM outbox WHERE seq <= (SELECT COALESCE(MIN(last_seq), 0) FROM sink_progress)"
-        )
-        deleted["outbox"] = cursor.rowcount
-        await self._conn.execute("COMMIT")
+        async with self._transaction() as conn:
+            for table, column, days in (
+                ("events", "accepted_at", retention_days),
+                ("messages", "received_at", retention_days),
+                ("quarantine", "received_at", quarantine_days or retention_days),
+                ("links", "learned_at", retention_days),
+            ):
+                cursor = await conn.execute(
+                    f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
+                deleted[table] = cursor.rowcount
+            cursor = await conn.execute(
+                "DELETE FROM outbox WHERE seq <= "
+                "(SELECT COALESCE(MIN(last_seq), 0) FROM sink_progress)"
+            )
+            deleted["outbox"] = cursor.rowcount
         return deleted

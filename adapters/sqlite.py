@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -26,6 +28,9 @@ from gateway.ports import OutboxRow
 
 SCHEMA_VERSION: Final = 2
 BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoints
+# The newest committed outbox rows, kept to hand to relays without reading them back (a relay
+# that is behind them reads the table). About 6 MB at most.
+RECENT_OUTBOX_ROWS: Final = 8192
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,6 +108,9 @@ _SELECT_QUARANTINE: Final = (
 )
 
 
+_QUARANTINED: Final = Outcome.QUARANTINED  # read once, not per message
+
+
 class StoreError(Exception):
     """The store cannot be opened or written; the original error is chained."""
 
@@ -150,6 +158,7 @@ class Store:
         # outbox) must never run inside a batch's open transaction and see rows that a
         # rollback takes back. Every statement goes through the lock, transactions whole.
         self._lock = asyncio.Lock()
+        self._recent: deque[OutboxRow] = deque(maxlen=RECENT_OUTBOX_ROWS)  # committed only
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._lock:
@@ -281,18 +290,23 @@ class Store:
         now = int(dt.datetime.now(dt.UTC).timestamp())
         try:
             async with self._transaction() as conn:
-                await self._write(conn, batch, results, effects, now)
+                rows = await self._write(conn, batch, results, effects, now)
         except aiosqlite.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
+        if self._recent and rows and rows[0].seq != self._recent[-1].seq + 1:
+            self._recent.clear()  # a gap (another writer?): keep only contiguous rows
+        self._recent.extend(rows)
 
     async def _write(
         self, conn: aiosqlite.Connection, batch: Sequence[Prepared], results: Sequence[Result],
         effects: Effects, now: int,
-    ) -> None:
+    ) -> list[OutboxRow]:
+        """Writes the batch; returns its outbox rows as stored, for the relays."""
         await conn.executemany(
             "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
             [
-                (r.key, r.outcome.value, r.event_id, r.version, int(p.raw.received_at.timestamp()))
+                # an Outcome is a str: bound as its value without the enum's `.value` lookup
+                (r.key, r.outcome, r.event_id, r.version, int(p.raw.received_at.timestamp()))
                 for p, r in zip(batch, results, strict=True)
             ],
         )
@@ -303,7 +317,7 @@ class Store:
                 (r.key, r.version, r.reason, r.detail, p.raw.source,
                  int(p.raw.received_at.timestamp()), p.raw.body)
                 for p, r in zip(batch, results, strict=True)
-                if r.outcome is Outcome.QUARANTINED
+                if r.outcome is _QUARANTINED
             ],
         )
         await conn.executemany(
@@ -323,15 +337,25 @@ class Store:
             "INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
             [(*msgspec.structs.astuple(link), now) for link in effects.new_links],
         )
-        await conn.executemany(
-            "INSERT INTO outbox (event_id, municipality_code, category, event_type, body,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (e.event_id, e.person.municipality_code, e.category, e.event_type,
-                 canonical.encode(e), now)
-                for e in effects.output
-            ],
+        if not effects.output:
+            return []
+        # Sequence numbers given explicitly, after the highest ever used (AUTOINCREMENT keeps
+        # it in sqlite_sequence, purged rows included), so that the rows are known as stored.
+        last = await conn.execute_fetchall(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
         )
+        first = int(next(iter(last))[0]) + 1 if last else 1
+        rows = [
+            OutboxRow(seq, e.event_id, e.person.municipality_code, e.category, e.event_type,
+                      canonical.encode(e))
+            for seq, e in enumerate(effects.output, start=first)
+        ]
+        await conn.executemany(
+            "INSERT INTO outbox (seq, event_id, municipality_code, category, event_type, body,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(*msgspec.structs.astuple(row), now) for row in rows],
+        )
+        return rows
 
     # --- relaying the outbox ----------------------------------------------------------------
 
@@ -345,6 +369,10 @@ class Store:
         )
 
     async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
+        recent = self._recent
+        if recent and recent[0].seq <= seq + 1 <= recent[-1].seq:  # committed, still in hand
+            start = seq + 1 - recent[0].seq
+            return list(itertools.islice(recent, start, start + limit))
         rows = await self._query(
             "SELECT seq, event_id, municipality_code, category, event_type, body FROM outbox"
             " WHERE seq > ? ORDER BY seq LIMIT ?",

@@ -20,6 +20,7 @@ from adapters.sqlite import Store, StoreError
 from gateway.correlate import CorrelationState
 from gateway.decide import Prepared, Result, batch_keys, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
+from gateway.ports import OutboxRow
 from tests import helpers as h
 
 
@@ -27,7 +28,7 @@ class FailingCommitStore(Store):
     """Writes the whole batch, lets other tasks run, then fails as a full disk would."""
 
     async def _write(self, conn: aiosqlite.Connection, batch: Sequence[Prepared],
-                     results: Sequence[Result], *rest: object) -> None:
+                     results: Sequence[Result], *rest: object) -> list[OutboxRow]:
         await super()._write(conn, batch, results, *rest)  # type: ignore[arg-type]
         await asyncio.sleep(0.2)  # the relay polls meanwhile
         raise aiosqlite.OperationalError("database or disk is full")

@@ -1,0 +1,76 @@
+"""The store hands the relays the rows it has just committed instead of reading them back.
+
+What a relay gets must be exactly what the table holds: the same rows, the same sequence
+numbers, none reused after a purge, and a relay behind the rows in hand reads the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from pathlib import Path
+
+from adapters.sqlite import Store
+from gateway.decide import batch_keys, decide_batch, prepare
+from gateway.envelope import EnvelopeReader
+from gateway.ports import OutboxRow
+from tests import helpers as h
+
+
+async def commit_new_events(store: Store, count: int) -> None:
+    """One batch of `count` messages, each a new event (its own case and HaendelseId)."""
+    batch = [
+        prepare(h.raw(h.v30_inline(h.v30_xml(
+            number=f"AES-2022-{uuid.uuid4().int % 10**7:07d}", legacy=None,
+            ref=str(uuid.uuid4())))), EnvelopeReader())
+        for _ in range(count)
+    ]
+    state = await store.load_state(batch_keys(batch))
+    results, effects = decide_batch(batch, state, 120)
+    assert len(effects.output) == count
+    await store.commit(batch, results, effects)
+
+
+async def from_table(path: Path, after: int) -> list[OutboxRow]:
+    async with await Store.open(path) as fresh:  # nothing in hand: reads the table
+        return await fresh.outbox_after(after, 10_000)
+
+
+def test_rows_in_hand_equal_the_table_and_continue_after_a_purge(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+
+    async def scenario() -> None:
+        async with await Store.open(path) as store:
+            await store.register_sink("s", 0)
+            await commit_new_events(store, 5)
+            await commit_new_events(store, 3)
+            handed = await store.outbox_after(0, 10_000)
+            assert [row.seq for row in handed] == list(range(1, 9))
+            assert handed == await from_table(path, 0)
+            assert await store.outbox_after(2, 3) == handed[2:5]
+            assert await store.outbox_after(8, 10) == []
+
+            await store.mark_sent("s", 8)
+            assert (await store.purge(retention_days=400))["outbox"] == 8
+            await commit_new_events(store, 2)  # after the highest number ever used, not 1
+            handed = await store.outbox_after(8, 10)
+            assert [row.seq for row in handed] == [9, 10]
+            assert handed == await from_table(path, 8)
+
+    asyncio.run(scenario())
+
+
+def test_a_relay_behind_the_rows_in_hand_reads_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+
+    async def scenario() -> None:
+        async with await Store.open(path) as store:
+            store._recent = collections.deque(maxlen=2)
+            await commit_new_events(store, 5)
+            assert [row.seq for row in store._recent] == [4, 5]
+            behind = await store.outbox_after(0, 10)
+            assert [row.seq for row in behind] == [1, 2, 3, 4, 5]
+            assert behind == await from_table(path, 0)
+
+    asyncio.run(scenario())

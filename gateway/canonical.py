@@ -16,6 +16,7 @@ from gateway.model import (
     ParsedEvent,
     Person,
     Provenance,
+    Version,
 )
 
 if TYPE_CHECKING:
@@ -43,15 +44,21 @@ def event_id(identity: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+# Enum values looked up once: `.value` is a descriptor call, and this runs for every event.
+_VERSIONS: Final = {version: version.value for version in Version}
+_MATCHES: Final = {method: method.value for method in MatchMethod}
+
+
 def _provenance(
     event: ParsedEvent, received_at: dt.datetime, match: MatchMethod | None
 ) -> Provenance:
+    version = _VERSIONS[event.version]
     return Provenance(
-        first_version=event.version.value,
-        versions_seen=[event.version.value],
-        message_ids={event.version.value: event.message_id},
+        first_version=version,
+        versions_seen=[version],
+        message_ids={version: event.message_id},
         received_at=received_at.astimezone(dt.UTC).replace(microsecond=0),
-        match=match.value if match else "none",
+        match=_MATCHES[match] if match else "none",
     )
 
 

@@ -26,6 +26,18 @@ from gateway.model import (
 VERSION_BITS = {Version.V2_2: 1, Version.V3_0: 2}
 BOTH_VERSIONS = 3
 
+# Enum members as plain names: an enum attribute lookup costs a descriptor call, and these
+# are read for every message.
+_ONLY_2_2, _ONLY_3_0 = VERSION_BITS[Version.V2_2], VERSION_BITS[Version.V3_0]
+_V3_0 = Version.V3_0
+_EMITTED, _DUPLICATE = Outcome.EMITTED, Outcome.DUPLICATE
+_SAME_VERSION, _CROSS_VERSION = DuplicateKind.SAME_VERSION, DuplicateKind.CROSS_VERSION
+_LEGACY_ID, _LEARNED_LINK = MatchMethod.LEGACY_ID, MatchMethod.LEARNED_LINK
+_FUZZY, _AMBIGUOUS = MatchMethod.FUZZY, MatchMethod.AMBIGUOUS
+
+Times = tuple[int, ...]  # an event's time(s) in epoch seconds: two in a repeated hour
+CaseIds = tuple[set[str], set[str]]  # (legacy case ids, case numbers), links included
+
 
 class EventRecord(msgspec.Struct):
     """What the store keeps of an accepted event to recognise its twins."""
@@ -146,12 +158,13 @@ class Correlator:
     def accept(self, event: ParsedEvent, received_at: dt.datetime) -> Decision:
         stream_time = epoch(event.formed_at or received_at)
         link, link_conflict = self._learn_explicit_link(event)
-        link_conflict = link_conflict or any(
-            known.cpr != event.cpr for known in self._links_of(event)
-        )
-        decision, ambiguous, conflict = self._match(event, stream_time)
-        if decision is None:
-            decision = self._emit_new(event, received_at, stream_time, ambiguous)
+        links = self._links_of(event)  # the explicit link just learned included
+        link_conflict = link_conflict or any(known.cpr != event.cpr for known in links)
+        case_ids = self._case_ids(event, links)
+        times = _times(epoch(event.occurred_at), _epoch_or_none(event.occurred_alt))
+        decision, ambiguous, conflict = self._match(event, stream_time, case_ids, times)
+        if decision is None:  # no link was learned while matching: case_ids still hold
+            decision = self._emit_new(event, received_at, stream_time, case_ids, times, ambiguous)
         decision.conflict = conflict or link_conflict
         link = link or decision.link
         if link is not None:
@@ -161,22 +174,24 @@ class Correlator:
 
     # --- matching ---------------------------------------------------------------------------
 
-    def _match(self, event: ParsedEvent, stream_time: int) -> tuple[Decision | None, bool, bool]:
+    def _match(
+        self, event: ParsedEvent, stream_time: int, case_ids: CaseIds, times: Times
+    ) -> tuple[Decision | None, bool, bool]:
         """(the duplicate decision or None, ambiguous, conflict)."""
         if event.event_ref is not None:
             known = self.state.by_ref(event.event_ref)
             if known is not None:
-                decision = self._duplicate(known, event, stream_time, MatchMethod.LEGACY_ID)
+                decision = self._duplicate(known, event, stream_time, _LEGACY_ID)
                 return decision, False, False
-        candidates, conflict = self._same_case(event)
+        candidates, conflict = self._same_case(event, case_ids, times)
         if candidates:
             first = min(candidates, key=lambda record: record.seq)
             method = self._case_method(first, event)
             return self._duplicate(first, event, stream_time, method), False, conflict
-        fuzzy = self._fuzzy_candidates(event)
+        fuzzy = self._fuzzy_candidates(event, times)
         if len(fuzzy) != 1:
             return None, len(fuzzy) > 1, conflict
-        decision = self._duplicate(fuzzy[0], event, stream_time, MatchMethod.FUZZY)
+        decision = self._duplicate(fuzzy[0], event, stream_time, _FUZZY)
         decision.link = self._learn_fuzzy_link(fuzzy[0])
         return decision, False, conflict
 
@@ -188,27 +203,34 @@ class Correlator:
             links.append(self.state.links_by_number.get(event.case_number))
         return [link for link in links if link is not None]
 
-    def _case_ids(self, event: ParsedEvent) -> tuple[set[str], set[str]]:
+    @staticmethod
+    def _case_ids(event: ParsedEvent, links: list[Link]) -> CaseIds:
         """The event's own case ids and those linked to them (links of this person only)."""
         legacy_ids = set() if event.legacy_case_id is None else {event.legacy_case_id}
         numbers = set() if event.case_number is None else {event.case_number}
-        for link in self._links_of(event):
+        for link in links:
             if link.cpr == event.cpr:
                 legacy_ids.add(link.legacy_case_id)
                 numbers.add(link.case_number)
         return legacy_ids, numbers
 
-    def _fits(self, record: EventRecord, event: ParsedEvent) -> bool:
-        if record.event_type != event.event_type:
+    def _fits(self, record: EventRecord, event_type: str, mine: Times) -> bool:
+        if record.event_type != event_type:
             return False
-        mine = _times(epoch(event.occurred_at), _epoch_or_none(event.occurred_alt))
+        tolerance = self.tolerance_s
+        if record.occurred_alt is None and len(mine) == 1:  # the common case
+            return abs(mine[0] - record.occurred_at) <= tolerance
         theirs = _times(record.occurred_at, record.occurred_alt)
-        return any(abs(a - b) <= self.tolerance_s for a in mine for b in theirs)
+        return any(abs(a - b) <= tolerance for a in mine for b in theirs)
 
-    def _same_case(self, event: ParsedEvent) -> tuple[list[EventRecord], bool]:
+    def _same_case(
+        self, event: ParsedEvent, case_ids: CaseIds, times: Times
+    ) -> tuple[list[EventRecord], bool]:
         """Events of the same case, type and time; those of another person are a conflict."""
-        legacy_ids, numbers = self._case_ids(event)
-        fitting = [r for r in self.state.of_case(legacy_ids, numbers) if self._fits(r, event)]
+        legacy_ids, numbers = case_ids
+        event_type = event.event_type
+        fitting = [r for r in self.state.of_case(legacy_ids, numbers)
+                   if self._fits(r, event_type, times)]
         same_person = [r for r in fitting if r.cpr == event.cpr]
         return same_person, len(same_person) < len(fitting)
 
@@ -217,30 +239,31 @@ class Correlator:
         direct = (
             event.legacy_case_id is not None and record.legacy_case_id == event.legacy_case_id
         ) or (event.case_number is not None and record.case_number == event.case_number)
-        return MatchMethod.LEGACY_ID if direct else MatchMethod.LEARNED_LINK
+        return _LEGACY_ID if direct else _LEARNED_LINK
 
-    def _fuzzy_candidates(self, event: ParsedEvent) -> list[EventRecord]:
+    def _fuzzy_candidates(self, event: ParsedEvent, times: Times) -> list[EventRecord]:
         """Spec part 6: a twin across versions with no case id in common, by person and time."""
         links = self.state
-        if event.version is Version.V3_0:
+        event_type = event.event_type
+        if event.version is _V3_0:
             if event.legacy_case_id is not None or event.case_number in links.links_by_number:
                 return []
             return [
                 r
                 for r in self.state.of_person(event.cpr)
-                if r.versions == VERSION_BITS[Version.V2_2]
+                if r.versions == _ONLY_2_2
                 and r.legacy_case_id not in links.links_by_legacy
-                and self._fits(r, event)
+                and self._fits(r, event_type, times)
             ]
         if event.legacy_case_id in links.links_by_legacy:
             return []
         return [
             r
             for r in self.state.of_person(event.cpr)
-            if r.versions == VERSION_BITS[Version.V3_0]
+            if r.versions == _ONLY_3_0
             and r.legacy_case_id is None
             and r.case_number not in links.links_by_number
-            and self._fits(r, event)
+            and self._fits(r, event_type, times)
         ]
 
     # --- outcomes ---------------------------------------------------------------------------
@@ -250,7 +273,7 @@ class Correlator:
     ) -> Decision:
         bit = VERSION_BITS[event.version]
         if record.versions & bit:
-            return Decision(Outcome.DUPLICATE, record.event_id, DuplicateKind.SAME_VERSION)
+            return Decision(_DUPLICATE, record.event_id, _SAME_VERSION)
         record.versions |= bit
         record.other_seen = stream_time
         record.legacy_case_id = record.legacy_case_id or event.legacy_case_id
@@ -260,9 +283,9 @@ class Correlator:
         if record.event_id not in self.effects.new_events:
             self.effects.updated_events[record.event_id] = record
         return Decision(
-            Outcome.DUPLICATE,
+            _DUPLICATE,
             record.event_id,
-            DuplicateKind.CROSS_VERSION,
+            _CROSS_VERSION,
             match=method,
             lag_seconds=stream_time - record.first_seen,
             first_version=record.first_version,
@@ -273,14 +296,16 @@ class Correlator:
         event: ParsedEvent,
         received_at: dt.datetime,
         stream_time: int,
+        case_ids: CaseIds,
+        times: Times,
         ambiguous: bool = False,
     ) -> Decision:
         event_id = canonical.event_id(event.identity())
         record = EventRecord(
             event_id=event_id,
             event_type=event.event_type,
-            occurred_at=epoch(event.occurred_at),
-            occurred_alt=_epoch_or_none(event.occurred_alt),
+            occurred_at=times[0],
+            occurred_alt=times[1] if len(times) > 1 else None,
             legacy_case_id=event.legacy_case_id,
             case_number=event.case_number,
             cpr=event.cpr,
@@ -294,14 +319,14 @@ class Correlator:
         )
         self.state.add_event(record)
         self.effects.new_events[event_id] = record
-        legacy, number = self._case_ids(event)
-        match = MatchMethod.AMBIGUOUS if ambiguous else None
+        legacy, number = case_ids
+        match = _AMBIGUOUS if ambiguous else None
         self.effects.output.append(
             canonical.case_event(
                 event, event_id, received_at, _only(legacy), _only(number), match
             )
         )
-        return Decision(Outcome.EMITTED, event_id, match=match)
+        return Decision(_EMITTED, event_id, match=match)
 
     # --- links ------------------------------------------------------------------------------
 

@@ -101,13 +101,16 @@ def decide_batch(
     return results, effects
 
 
+_DUPLICATE, _QUARANTINED = Outcome.DUPLICATE, Outcome.QUARANTINED  # read once, not per message
+_REDELIVERY = DuplicateKind.REDELIVERY
+
+
 def _decide(item: Prepared, state: CorrelationState, correlator: Correlator) -> Result:
     if item.key in state.messages:
-        return Result(item.key, item.version, Outcome.DUPLICATE,
-                      duplicate_kind=DuplicateKind.REDELIVERY)
+        return Result(item.key, item.version, _DUPLICATE, duplicate_kind=_REDELIVERY)
     if item.event is None:
-        return Result(item.key, item.version, Outcome.QUARANTINED,
-                      reason=item.reason, detail=item.detail)
+        return Result(item.key, item.version, _QUARANTINED, reason=item.reason,
+                      detail=item.detail)
     decision = correlator.accept(item.event, item.raw.received_at)
     return Result(
         item.key,

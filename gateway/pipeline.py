@@ -81,14 +81,16 @@ def _by_settler(
 
 
 def _log_outcomes(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
+    debug = log.isEnabledFor(logging.DEBUG)
+    quarantined = Outcome.QUARANTINED
     for item, result in zip(batch, results, strict=True):
-        if result.outcome is Outcome.QUARANTINED:
+        if result.outcome is quarantined:
             log.warning(
                 "message quarantined",
                 extra={"message_key": result.key, "reason": result.reason,
                        "detail": result.detail, "source": item.raw.source},
             )
-        elif log.isEnabledFor(logging.DEBUG):
+        elif debug:
             log.debug(
                 "message decided",
                 extra={"message_key": result.key, "outcome": result.outcome,

@@ -60,6 +60,6 @@ async def replay(
 def stream_time(batch: Sequence[Prepared]) -> int:
     """The newest Dannelsestidspunkt in the batch. Refused messages do not move the clock:
     the time they were read (today) would close every pairing window of an old capture."""
-    times = [int(p.event.formed_at.timestamp()) for p in batch
+    times = [p.event.formed_at for p in batch
              if p.event is not None and p.event.formed_at is not None]
-    return max(times, default=0)
+    return int(max(times).timestamp()) if times else 0  # aware times: compared as instants

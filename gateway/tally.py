@@ -23,14 +23,16 @@ class Tally:
         self.pair_outcomes.update(outcomes)
 
     def add(self, results: Iterable[Result]) -> None:
+        # The enums are str: counted as they are, without a `.value` lookup per message (a
+        # member and its value are the same key).
         for result in results:
-            self.outcomes[result.outcome.value] += 1
+            self.outcomes[result.outcome] += 1
             if result.reason is not None:
-                self.quarantined_by_reason[result.reason.value] += 1
+                self.quarantined_by_reason[result.reason] += 1
             if result.duplicate_kind is not None:
-                self.duplicates_by_kind[result.duplicate_kind.value] += 1
+                self.duplicates_by_kind[result.duplicate_kind] += 1
             if result.match is not None:
-                self.matches_by_method[result.match.value] += 1
+                self.matches_by_method[result.match] += 1
             self.conflicts += result.conflict
             self.case_links += result.linked
 
@@ -44,10 +46,15 @@ class Tally:
             "emitted": self.outcomes[Outcome.EMITTED.value],
             "duplicates": self.outcomes[Outcome.DUPLICATE.value],
             "quarantined": self.outcomes[Outcome.QUARANTINED.value],
-            "quarantined_by_reason": dict(sorted(self.quarantined_by_reason.items())),
-            "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
-            "matches_by_method": dict(sorted(self.matches_by_method.items())),
+            "quarantined_by_reason": _plain(self.quarantined_by_reason),
+            "duplicates_by_kind": _plain(self.duplicates_by_kind),
+            "matches_by_method": _plain(self.matches_by_method),
             "conflicts": self.conflicts,
             "case_links": self.case_links,
             "pair_outcomes": dict(sorted(self.pair_outcomes.items())),
         }
+
+
+def _plain(counts: Counter[str]) -> dict[str, int]:
+    """Sorted, keyed by plain strings (enum members become their values)."""
+    return {str(key): count for key, count in sorted(counts.items())}

@@ -6,7 +6,7 @@ import codecs
 import functools
 import re
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 from lxml import etree
 
@@ -102,31 +102,40 @@ def check_not_mislabelled_utf8(data: bytes, charset: str) -> None:
     raise BadInput(Reason.BAD_ENCODING, f"labelled {charset[:40]!r}, but the bytes are UTF-8")
 
 
+Texts = dict[Path, str | None]  # path -> stripped text of its first element (None: empty)
+
+
 class Paths:
-    """A set of element paths below a root, walked in one pass (much faster than find())."""
+    """A set of element paths below a root, read in one pass in document order (much faster
+    than a find() per path): the stripped text of the first element at each path found."""
 
     def __init__(self, paths: Iterable[Path]) -> None:
         self.wanted = frozenset(paths)
-        self.prefixes = frozenset(p[:i] for p in self.wanted for i in range(1, len(p)))
+        # tag -> (the path if wanted, the subtree below it if some wanted path goes deeper)
+        self._tree: dict[str, tuple[Path | None, dict[str, Any] | None]] = {}
+        for path in sorted(self.wanted, key=len):
+            tree = self._tree
+            for depth, tag in enumerate(path, start=1):
+                wanted, below = tree.get(tag, (None, None))
+                if depth == len(path):
+                    tree[tag] = (path, below)
+                else:
+                    tree[tag] = (wanted, below if below is not None else {})
+                    tree = tree[tag][1]  # type: ignore[assignment]
 
-    def collect(self, root: etree._Element) -> dict[Path, list[etree._Element]]:
-        found: dict[Path, list[etree._Element]] = {}
-        stack: list[tuple[etree._Element, Path]] = [(root, ())]
-        wanted, prefixes = self.wanted, self.prefixes
-        while stack:
-            element, path = stack.pop()
-            for child in element:
-                child_path = (*path, child.tag)
-                if child_path in wanted:
-                    found.setdefault(child_path, []).append(child)
-                if child_path in prefixes:
-                    stack.append((child, child_path))
+    def texts(self, root: etree._Element) -> Texts:
+        found: Texts = {}
+        _walk(root, self._tree, found)
         return found
 
 
-def text_of(found: dict[Path, list[etree._Element]], path: Path) -> str | None:
-    """The stripped text of the first element at `path`; None when absent or empty."""
-    elements = found.get(path)
-    if not elements:
-        return None
-    return (elements[0].text or "").strip() or None
+def _walk(element: etree._Element, tree: dict[str, Any], found: Texts) -> None:
+    for child in element:
+        entry = tree.get(child.tag)
+        if entry is None:
+            continue
+        path, below = entry
+        if path is not None and path not in found:
+            found[path] = (child.text or "").strip() or None
+        if below is not None:
+            _walk(child, below, found)

@@ -23,7 +23,7 @@ from gateway.normalize import (
     parse_xs_datetime,
     to_utc,
 )
-from gateway.xmlsafe import Path, Paths, text_of
+from gateway.xmlsafe import Path, Paths, Texts
 
 # --- layout data ------------------------------------------------------------------------------
 
@@ -61,6 +61,7 @@ PATHS: Final = Paths([
 ])
 
 SAGSNUMMER_PATTERN: Final = re.compile(r"AES-\d{4}-\d{7}")
+CANONICAL_UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 CASE_KINDS: Final = frozenset({"ARBEJDSULYKKE", "ERHVERVSSYGDOM"})
 
 CATEGORIES: Final[dict[str, str]] = {
@@ -97,11 +98,11 @@ ATTEST_KINDS: Final[dict[str, str]] = {
 # --- parser -----------------------------------------------------------------------------------
 
 
-Found = dict[Path, list[etree._Element]]
+Found = Texts
 
 
 def _required(found: Found, path: Path) -> str:
-    value = text_of(found, path)
+    value = found.get(path)
     if value is None:
         name = path[-1].rsplit("}", 1)[-1]
         raise BadInput(Reason.MISSING_ELEMENT, f"required element {name} is missing or empty")
@@ -109,7 +110,7 @@ def _required(found: Found, path: Path) -> str:
 
 
 def _date(found: Found, path: Path) -> dt.date | None:
-    value = text_of(found, path)
+    value = found.get(path)
     return None if value is None else parse_xs_date(value)
 
 
@@ -137,7 +138,7 @@ def _certificate(found: Found, event_type: str) -> Certificate | None:
         raise BadInput(Reason.CATEGORY_MISMATCH, "Attesttype does not fit the event Type")
     return Certificate(
         kind=kind,
-        specialty=text_of(found, SPECIALE),
+        specialty=found.get(SPECIALE),
         requested_on=_date(found, ANMODNINGSDATO),
         received_on=_date(found, MODTAGELSESDATO),
     )
@@ -152,6 +153,8 @@ def _case_number(found: Found) -> str:
 
 def _event_ref(found: Found) -> str:
     value = _required(found, HAENDELSE_ID)
+    if CANONICAL_UUID.fullmatch(value):  # already as str(uuid.UUID(value)) writes it
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:
@@ -159,7 +162,7 @@ def _event_ref(found: Found) -> str:
 
 
 def _case_kind(found: Found) -> str | None:
-    value = text_of(found, SAGSTYPE)
+    value = found.get(SAGSTYPE)
     if value is not None and value not in CASE_KINDS:
         raise BadInput(Reason.INVALID_VALUE, f"Sagstype {value[:40]!r} unknown")
     return value
@@ -169,10 +172,10 @@ def parse_element(root: etree._Element, message_id: str) -> ParsedEvent:
     """A parsed `Sagshaendelse` 2.0 element to a ParsedEvent, or BadInput with the reason."""
     if root.tag != ROOT:
         raise BadInput(Reason.WRONG_PAYLOAD_FORM, f"payload root {root.tag!r} is not {ROOT!r}")
-    found = PATHS.collect(root)
+    found = PATHS.texts(root)
     event_type, category = _event_type(found)
     occurred_at, occurred_alt = to_utc(parse_xs_datetime(_required(found, TIDSPUNKT)))
-    legacy = text_of(found, TIDLIGERE_SAGSID)
+    legacy = found.get(TIDLIGERE_SAGSID)
     return ParsedEvent(
         version=Version.V3_0,
         message_id=message_id,
@@ -188,7 +191,7 @@ def parse_element(root: etree._Element, message_id: str) -> ParsedEvent:
         decision_date=_date(found, AFGOERELSESDATO),
         cpr=normalize_cpr(_required(found, CPR)),
         municipality_code=normalize_municipality(_required(found, BOPAELSKOMMUNE)),
-        description=text_of(found, TEKST),
+        description=found.get(TEKST),
         certificate=_certificate(found, event_type),
         event_ref=_event_ref(found),
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import os
 import sys
 from collections import deque
@@ -96,34 +95,64 @@ def _prepare_files_encoded(paths: Sequence[str], max_bytes: int) -> bytes:
     return pack(_prepare_files(paths, max_bytes))
 
 
+RAMP_FROM: Final = 500  # messages in the first and the last batch
+
+
+def batch_bounds(total: int, size: int, smallest: int = RAMP_FROM) -> list[tuple[int, int]]:
+    """(start, end) of each batch: `size` messages, but ramped up from `smallest` at the
+    start and down to it at the end, doubling, so that the loop gets its first batch early
+    and the worker is not idle while the loop commits a big last one."""
+    ramp: list[int] = []
+    step = min(smallest, size)
+    while step < size and 2 * (sum(ramp) + step) <= total:
+        ramp.append(step)
+        step *= 2
+    middle = total - 2 * sum(ramp)
+    sizes = [*ramp, *([size] * (middle // size)), *([middle % size] if middle % size else []),
+             *reversed(ramp)]
+    bounds, start = [], 0
+    for count in sizes:
+        bounds.append((start, start + count))
+        start += count
+    return bounds
+
+
 async def prepared_batches(
     files: Sequence[str], size: int, max_bytes: int, workers: int = 0
 ) -> AsyncIterator[list[Prepared]]:
     """Batches of read and parsed files, in order.
 
     With workers, parsing (the CPU-bound half of replay) runs in worker processes a few
-    batches ahead, while this process decides and commits: it uses both cores.
+    batches ahead, while this process decides and commits: it uses both cores. When the
+    batch it needs next is not ready yet, this process parses the next unclaimed batch itself
+    instead of waiting idle (and keeps it, in order, for later).
     """
-    chunks = (files[i : i + size] for i in range(0, len(files), size))
+    chunks = deque(files[start:end] for start, end in batch_bounds(len(files), size))
     if workers < 1:
-        for chunk in chunks:
-            yield _prepare_files(chunk, max_bytes)
+        while chunks:
+            yield _prepare_files(chunks.popleft(), max_bytes)
         return
     loop = asyncio.get_running_loop()
     with worker_pool(workers) as pool:
-        ahead: deque[asyncio.Future[bytes]] = deque()
-        pending = chunks
+        slots: deque[asyncio.Future[bytes] | list[Prepared]] = deque()  # in file order
 
-        def submit_next() -> None:
-            for chunk in itertools.islice(pending, 1):
-                ahead.append(loop.run_in_executor(pool, _prepare_files_encoded, chunk, max_bytes))
+        def keep_workers_busy() -> None:  # a few batches queued per worker
+            while chunks and sum(isinstance(s, asyncio.Future) for s in slots) < workers + 2:
+                chunk = chunks.popleft()
+                slots.append(loop.run_in_executor(pool, _prepare_files_encoded, chunk, max_bytes))
 
-        for _ in range(workers + 2):  # keep the workers a few batches ahead
-            submit_next()
-        while ahead:
-            data = await ahead.popleft()
-            submit_next()
-            yield unpack(data)
+        keep_workers_busy()
+        while slots:
+            head = slots[0]
+            if isinstance(head, asyncio.Future) and not head.done() and chunks:
+                # rather than wait: parse a later batch here
+                slots.append(_prepare_files(chunks.popleft(), max_bytes))
+                await asyncio.sleep(0)  # let the worker's result in
+                continue
+            slot = slots.popleft()
+            batch = unpack(await slot) if isinstance(slot, asyncio.Future) else slot
+            keep_workers_busy()
+            yield batch
 
 
 class JsonlSink:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.model import BadInput, Reason
 from gateway.normalize import (
+    DANISH_TIME,
     local_to_utc,
     mask_cpr,
     normalize_cpr,
@@ -160,3 +161,32 @@ def test_local_time_to_utc_and_back_is_stable(local: dt.datetime) -> None:
     first, _ = local_to_utc(local)
     again, _ = to_utc(first)
     assert again == first
+
+
+def _zoneinfo_reading(naive: dt.datetime) -> tuple[dt.datetime, dt.datetime | None]:
+    """local_to_utc as it was before days without a change of clocks took a shortcut."""
+    first = naive.replace(tzinfo=DANISH_TIME, fold=0).astimezone(UTC)
+    second = naive.replace(tzinfo=DANISH_TIME, fold=1).astimezone(UTC)
+    if first == second or first.astimezone(DANISH_TIME).replace(tzinfo=None) != naive:
+        return first, None
+    return first, second
+
+
+def test_the_steady_day_shortcut_reads_every_time_as_zoneinfo_does() -> None:
+    """Four times of every day 1970-2045, and every 5 minutes around each change of clocks."""
+    day, end = dt.date(1970, 1, 1), dt.date(2046, 1, 1)
+    changes = []
+    while day < end:
+        for hour, minute in ((0, 0), (2, 30), (12, 17), (23, 59)):
+            naive = dt.datetime.combine(day, dt.time(hour, minute))
+            assert local_to_utc(naive) == _zoneinfo_reading(naive), naive
+        midnight = dt.datetime.combine(day, dt.time(), DANISH_TIME)
+        if midnight.utcoffset() != (midnight + dt.timedelta(days=1)).utcoffset():
+            changes.append(day)
+        day += dt.timedelta(days=1)
+    assert len(changes) >= 2 * 45  # summer time every year since 1980
+    for change in changes:
+        start = dt.datetime.combine(change - dt.timedelta(days=1), dt.time())
+        for step in range(3 * 24 * 12):
+            naive = start + dt.timedelta(minutes=5 * step)
+            assert local_to_utc(naive) == _zoneinfo_reading(naive), naive

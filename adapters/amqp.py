@@ -75,8 +75,9 @@ class AmqpDelivery:
 
 class AmqpSource:
     """Consumes one queue with manual acks; acknowledges a committed batch with one multiple-ack
-    per channel. Messages of a channel lost before their ack are redelivered by the broker and
-    recognised as redeliveries."""
+    per channel where that settles exactly the batch, else one ack per message. Messages of a
+    channel lost before their ack are redelivered by the broker and recognised as
+    redeliveries."""
 
     def __init__(
         self, config: AmqpSourceConfig, intake: asyncio.Queue[Delivery], connect: Connector
@@ -91,6 +92,11 @@ class AmqpSource:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        # Delivery tags handed to the intake and not yet settled, per channel: a multiple-ack
+        # settles every outstanding tag up to its own, so it is used only when those are all
+        # in the batch.
+        self._outstanding: dict[int, set[int]] = {}
+        self._in_order = asyncio.Lock()  # FIFO: deliveries reach the intake in broker order
 
     async def start(self, stop: asyncio.Event) -> bool:
         self._connection = await connect_with_backoff(self.connect, self.name, stop)
@@ -109,7 +115,12 @@ class AmqpSource:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self.last_message_at = asyncio.get_running_loop().time()
         raw = RawMessage(message.body, self.name, dt.datetime.now(dt.UTC))
-        await self.intake.put(AmqpDelivery(raw, message, self))  # bounded: backpressure
+        delivery = AmqpDelivery(raw, message, self)
+        self._outstanding.setdefault(delivery.channel_key, set()).add(message.delivery_tag or 0)
+        # Each delivery is a task of its own; waiting on a full intake, a later one could
+        # overtake an earlier one. The lock queues them in the order they came.
+        async with self._in_order:
+            await self.intake.put(delivery)  # bounded: backpressure
 
     async def stop_consuming(self) -> None:
         if self._queue is not None and self._consumer_tag is not None:
@@ -125,18 +136,38 @@ class AmqpSource:
             await self._connection.close()
 
     async def settle(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
-        for message in _last_per_channel(deliveries):
-            try:
-                await message.ack(multiple=True)
-            except (*AMQP_ERRORS, RuntimeError) as exc:
-                await self._recover("ack", exc)
+        for messages, multiple in self._settlements(deliveries):
+            for message in messages:
+                try:
+                    await message.ack(multiple=multiple)
+                except (*AMQP_ERRORS, RuntimeError) as exc:
+                    await self._recover("ack", exc)
 
     async def fail(self, deliveries: Sequence[Delivery]) -> None:
-        for message in _last_per_channel(deliveries):
-            try:
-                await message.nack(multiple=True, requeue=True)
-            except (*AMQP_ERRORS, RuntimeError) as exc:
-                await self._recover("nack", exc)
+        for messages, multiple in self._settlements(deliveries):
+            for message in messages:
+                try:
+                    await message.nack(multiple=multiple, requeue=True)
+                except (*AMQP_ERRORS, RuntimeError) as exc:
+                    await self._recover("nack", exc)
+
+    def _settlements(
+        self, deliveries: Sequence[Delivery]
+    ) -> list[tuple[list[AbstractIncomingMessage], bool]]:
+        """Per channel: ([the newest message], True) when a multiple-ack up to it settles
+        exactly these deliveries, else (every message, False). Forgets them as outstanding."""
+        plans = []
+        for key, messages in _by_channel(deliveries).items():
+            tags = {message.delivery_tag or 0 for message in messages}
+            outstanding = self._outstanding.get(key, set())
+            newest = max(messages, key=lambda message: message.delivery_tag or 0)
+            top = newest.delivery_tag or 0
+            only_these = all(tag in tags for tag in outstanding if tag <= top)
+            plans.append(([newest], True) if only_these else (messages, False))
+            outstanding -= tags
+            if not outstanding:
+                self._outstanding.pop(key, None)
+        return plans
 
     async def _recover(self, what: str, exc: BaseException) -> None:
         # The channel that delivered these is gone: the broker hands them back when it notices.
@@ -144,16 +175,12 @@ class AmqpSource:
                     extra={"source": self.name})
 
 
-def _last_per_channel(deliveries: Sequence[Delivery]) -> list[AbstractIncomingMessage]:
-    """The highest delivery tag per channel: one multiple-ack settles the whole batch."""
-    last: dict[int, AbstractIncomingMessage] = {}
+def _by_channel(deliveries: Sequence[Delivery]) -> dict[int, list[AbstractIncomingMessage]]:
+    channels: dict[int, list[AbstractIncomingMessage]] = {}
     for delivery in deliveries:
         assert isinstance(delivery, AmqpDelivery)  # noqa: S101 - settled by its own source
-        message = delivery.message
-        current = last.get(delivery.channel_key)
-        if current is None or (message.delivery_tag or 0) > (current.delivery_tag or 0):
-            last[delivery.channel_key] = message
-    return list(last.values())
+        channels.setdefault(delivery.channel_key, []).append(delivery.message)
+    return channels
 
 
 def routing_key(row: OutboxRow) -> str:

@@ -1,0 +1,97 @@
+"""A batch is acknowledged without acknowledging a delivery that is not in it.
+
+One multiple-ack per channel settles a batch cheaply, but it settles every outstanding
+delivery up to its tag. Under backpressure the intake can hold deliveries out of order (each
+delivery is a task, and a task woken from a full queue can be overtaken), so a batch may end
+at a tag whose older neighbour is still waiting outside it. Acked with it, that neighbour was
+lost whenever its own batch then failed (seen in the disk-full test: mailboxes empty, 1-21
+messages never stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from adapters.amqp import AmqpSource, plain_connector
+from gateway import config as cfg
+from gateway.ports import Delivery
+from tests import brokers
+
+
+async def _consume(
+    topo: brokers.Topology, intake: asyncio.Queue[Delivery], prefetch: int = 10
+) -> AmqpSource:
+    spec = cfg.AmqpSource(url=brokers.AMQP_URL, queue=topo.q22, prefetch=prefetch)
+    source = AmqpSource(spec, intake, plain_connector(spec.url, None))
+    assert await source.start(asyncio.Event())
+    return source
+
+
+async def _three_deliveries(topo: brokers.Topology) -> tuple[AmqpSource, list[Delivery]]:
+    intake: asyncio.Queue[Delivery] = asyncio.Queue()
+    source = await _consume(topo, intake)
+    deliveries = [await asyncio.wait_for(intake.get(), 10) for _ in range(3)]
+    return source, deliveries
+
+
+def test_settling_a_later_delivery_leaves_an_earlier_one_unacknowledged() -> None:
+    async def scenario() -> tuple[int, int]:
+        topo = await brokers.declare()
+        try:
+            await brokers.publish(topo.q22, [b"first", b"second", b"third"])
+            source, (_unsettled, second, third) = await _three_deliveries(topo)
+            await source.settle([third], [])  # a batch holding only the newest one
+            await source.fail([second])  # its batch could not be stored: back to the broker
+            await asyncio.sleep(0.3)
+            await source.close()  # the first was never settled: the broker must keep it
+            await asyncio.sleep(0.3)
+            left = await brokers.depth(topo.q22)
+            redelivered = [m.body for m in await brokers.drain(topo.q22, idle_s=0.5)]
+            return left, len([b for b in redelivered if b in (b"first", b"second")])
+        finally:
+            await brokers.delete(topo)
+
+    left, back = asyncio.run(scenario())
+    assert left == 2, "the unsettled first and the failed second are back in the mailbox"
+    assert back == 2
+
+
+def test_a_whole_batch_is_still_settled_by_one_multiple_ack() -> None:
+    async def scenario() -> int:
+        topo = await brokers.declare()
+        try:
+            await brokers.publish(topo.q22, [b"first", b"second", b"third"])
+            source, deliveries = await _three_deliveries(topo)
+            plans = source._settlements(deliveries)
+            await source.settle(deliveries, [])
+            await asyncio.sleep(0.3)
+            await source.close()
+            assert [(len(messages), multiple) for messages, multiple in plans] == [(1, True)]
+            return await brokers.depth(topo.q22)
+        finally:
+            await brokers.delete(topo)
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_deliveries_reach_a_full_intake_in_the_order_they_came() -> None:
+    bodies = [b"%03d" % i for i in range(200)]
+
+    async def scenario() -> list[bytes]:
+        topo = await brokers.declare()
+        try:
+            await brokers.publish(topo.q22, bodies)
+            intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1)  # always full
+            source = await _consume(topo, intake, prefetch=200)
+            got = []
+            for _ in bodies:
+                delivery = await asyncio.wait_for(intake.get(), 10)
+                got.append(delivery.raw.body)
+                await source.settle([delivery], [])
+                await asyncio.sleep(0)  # newer deliveries get a chance to overtake
+            await source.close()
+            return got
+        finally:
+            await brokers.delete(topo)
+
+    assert asyncio.run(scenario()) == bodies

@@ -53,19 +53,13 @@ def test_disk_full_stops_acks_then_resumes(tmp_path: Path) -> None:
                 if out >= expected and mail == [0, 0]:
                     break
                 await asyncio.sleep(0.05)
-            resumed_alone = out >= expected and mail == [0, 0]
             stop.set()
-            await service
-            # Known gap (see the closing note): after a disk-full spell a consumer may still
-            # hold some deliveries unacknowledged (about 1 run in 5); a restart hands them back.
-            # Nothing is lost either way, which is what this test holds.
-            await run(config, until_idle=2.0)
+            await service  # no restart: it must have resumed by itself
             events = await brokers.drain(topo.events_queue)
             left = [await brokers.depth(q) for q in (topo.q22, topo.q30)]
         finally:
             await brokers.delete(topo)
         ids = {json.loads(m.body)["event_id"] for m in events}
-        print(f"resumed without a restart: {resumed_alone}")
         return {"ready_while_full": ready_while_full, "metrics": metrics_while_full,
                 "waiting": waiting, "ids": ids, "left": left}
 

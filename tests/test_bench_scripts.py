@@ -30,3 +30,15 @@ def test_latency_script_reads_the_gateways_histogram() -> None:
     lines = {line[:20].strip(): line[20:].strip() for line in result.stdout.splitlines()}
     assert lines["messages"].startswith("600 (histogram counted 600)")
     assert float(lines["p99"].split()[0]) > 0
+
+
+def test_compare_script_runs_both_trees_by_turns(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/compare.py", "HEAD", "--runs", "2", "--messages", "700",
+         "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("run ")]
+    assert runs == ["HEAD", "this", "HEAD", "this"]  # by turns
+    medians = [line for line in result.stdout.splitlines() if line.startswith("median ")]
+    assert len(medians) == 2 and all("msg/s" in line for line in medians)

@@ -41,4 +41,5 @@ def test_compare_script_runs_both_trees_by_turns(tmp_path: Path) -> None:
     runs = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("run ")]
     assert runs == ["HEAD", "this", "HEAD", "this"]  # by turns
     medians = [line for line in result.stdout.splitlines() if line.startswith("median ")]
-    assert len(medians) == 2 and all("msg/s" in line for line in medians)
+    assert len(medians) == 2
+    assert all("msg/s" in line for line in medians)

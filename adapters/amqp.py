@@ -136,38 +136,43 @@ class AmqpSource:
             await self._connection.close()
 
     async def settle(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
-        for messages, multiple in self._settlements(deliveries):
-            for message in messages:
-                try:
-                    await message.ack(multiple=multiple)
-                except (*AMQP_ERRORS, RuntimeError) as exc:
-                    await self._recover("ack", exc)
+        await self._settle(deliveries, ack=True)
 
     async def fail(self, deliveries: Sequence[Delivery]) -> None:
-        for messages, multiple in self._settlements(deliveries):
+        await self._settle(deliveries, ack=False)
+
+    async def _settle(self, deliveries: Sequence[Delivery], ack: bool) -> None:
+        """Ack (or nack for redelivery) the deliveries, and forget them as outstanding."""
+        plan = self._plan(deliveries)
+        for key, messages in _by_channel(deliveries).items():
+            outstanding = self._outstanding.get(key)
+            if outstanding is not None:
+                outstanding -= {message.delivery_tag or 0 for message in messages}
+                if not outstanding:
+                    del self._outstanding[key]
+        for messages, multiple in plan:
             for message in messages:
                 try:
-                    await message.nack(multiple=multiple, requeue=True)
+                    if ack:
+                        await message.ack(multiple=multiple)
+                    else:
+                        await message.nack(multiple=multiple, requeue=True)
                 except (*AMQP_ERRORS, RuntimeError) as exc:
-                    await self._recover("nack", exc)
+                    await self._recover("ack" if ack else "nack", exc)
 
-    def _settlements(
+    def _plan(
         self, deliveries: Sequence[Delivery]
     ) -> list[tuple[list[AbstractIncomingMessage], bool]]:
         """Per channel: ([the newest message], True) when a multiple-ack up to it settles
-        exactly these deliveries, else (every message, False). Forgets them as outstanding."""
-        plans = []
+        exactly these deliveries of the outstanding ones, else (every message, False)."""
+        plan = []
         for key, messages in _by_channel(deliveries).items():
             tags = {message.delivery_tag or 0 for message in messages}
-            outstanding = self._outstanding.get(key, set())
             newest = max(messages, key=lambda message: message.delivery_tag or 0)
             top = newest.delivery_tag or 0
-            only_these = all(tag in tags for tag in outstanding if tag <= top)
-            plans.append(([newest], True) if only_these else (messages, False))
-            outstanding -= tags
-            if not outstanding:
-                self._outstanding.pop(key, None)
-        return plans
+            only_these = all(tag in tags for tag in self._outstanding.get(key, ()) if tag <= top)
+            plan.append(([newest], True) if only_these else (messages, False))
+        return plan
 
     async def _recover(self, what: str, exc: BaseException) -> None:
         # The channel that delivered these is gone: the broker hands them back when it notices.

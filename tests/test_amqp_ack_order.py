@@ -62,7 +62,7 @@ def test_a_whole_batch_is_still_settled_by_one_multiple_ack() -> None:
         try:
             await brokers.publish(topo.q22, [b"first", b"second", b"third"])
             source, deliveries = await _three_deliveries(topo)
-            plans = source._settlements(deliveries)
+            plans = source._plan(deliveries)
             await source.settle(deliveries, [])
             await asyncio.sleep(0.3)
             await source.close()

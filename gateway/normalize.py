@@ -35,15 +35,11 @@ def _cpr_century(year2: int, digit7: int) -> int:
     return 2000 if year2 <= 57 else 1800  # 5-8
 
 
-def normalize_cpr(value: str) -> str:
-    """10 digits, hyphen removed; the first six must be a real date. No modulus-11 check."""
-    return _normal_cpr(value)
-
-
 # A person's CPR comes twice a message (envelope and payload) and again with each of their
 # events: a small cache spares the date check. Refusals raise and are never cached.
 @functools.lru_cache(maxsize=4096)
-def _normal_cpr(value: str) -> str:
+def normalize_cpr(value: str) -> str:
+    """10 digits, hyphen removed; the first six must be a real date. No modulus-11 check."""
     match = _CPR.fullmatch(value.strip())
     if match is None:
         raise BadInput(Reason.INVALID_CPR, "CPR is not 10 digits (DDMMYYSSSS)")

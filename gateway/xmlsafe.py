@@ -6,7 +6,7 @@ import codecs
 import functools
 import re
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from lxml import etree
 
@@ -110,18 +110,16 @@ class Paths:
     than a find() per path): the stripped text of the first element at each path found."""
 
     def __init__(self, paths: Iterable[Path]) -> None:
-        self.wanted = frozenset(paths)
-        # tag -> (the path if wanted, the subtree below it if some wanted path goes deeper)
-        self._tree: dict[str, tuple[Path | None, dict[str, Any] | None]] = {}
-        for path in sorted(self.wanted, key=len):
+        self._tree: dict[str, _Step] = {}
+        for path in paths:
             tree = self._tree
             for depth, tag in enumerate(path, start=1):
-                wanted, below = tree.get(tag, (None, None))
+                step = tree.setdefault(tag, _Step())
                 if depth == len(path):
-                    tree[tag] = (path, below)
+                    step.path = path
                 else:
-                    tree[tag] = (wanted, below if below is not None else {})
-                    tree = tree[tag][1]  # type: ignore[assignment]
+                    step.below = step.below if step.below is not None else {}
+                    tree = step.below
 
     def texts(self, root: etree._Element) -> Texts:
         found: Texts = {}
@@ -129,13 +127,22 @@ class Paths:
         return found
 
 
-def _walk(element: etree._Element, tree: dict[str, Any], found: Texts) -> None:
+class _Step:
+    """One tag on the way down: the path it completes, if wanted, and the tags below it."""
+
+    __slots__ = ("below", "path")
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.below: dict[str, _Step] | None = None
+
+
+def _walk(element: etree._Element, tree: dict[str, _Step], found: Texts) -> None:
     for child in element:
-        entry = tree.get(child.tag)
-        if entry is None:
+        step = tree.get(child.tag)
+        if step is None:
             continue
-        path, below = entry
-        if path is not None and path not in found:
-            found[path] = (child.text or "").strip() or None
-        if below is not None:
-            _walk(child, below, found)
+        if step.path is not None and step.path not in found:
+            found[step.path] = (child.text or "").strip() or None
+        if step.below is not None:
+            _walk(child, step.below, found)

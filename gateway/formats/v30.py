@@ -98,10 +98,7 @@ ATTEST_KINDS: Final[dict[str, str]] = {
 # --- parser -----------------------------------------------------------------------------------
 
 
-Found = Texts
-
-
-def _required(found: Found, path: Path) -> str:
+def _required(found: Texts, path: Path) -> str:
     value = found.get(path)
     if value is None:
         name = path[-1].rsplit("}", 1)[-1]
@@ -109,12 +106,12 @@ def _required(found: Found, path: Path) -> str:
     return value
 
 
-def _date(found: Found, path: Path) -> dt.date | None:
+def _date(found: Texts, path: Path) -> dt.date | None:
     value = found.get(path)
     return None if value is None else parse_xs_date(value)
 
 
-def _event_type(found: Found) -> tuple[str, str]:
+def _event_type(found: Texts) -> tuple[str, str]:
     type_code = _required(found, TYPE)
     kategori = _required(found, KATEGORI)
     known = TYPES.get(type_code)
@@ -127,7 +124,7 @@ def _event_type(found: Found) -> tuple[str, str]:
     return known.event_type, CATEGORIES[kategori]
 
 
-def _certificate(found: Found, event_type: str) -> Certificate | None:
+def _certificate(found: Texts, event_type: str) -> Certificate | None:
     derived = certificate_for(event_type)
     if ATTEST not in found:
         return derived
@@ -144,14 +141,14 @@ def _certificate(found: Found, event_type: str) -> Certificate | None:
     )
 
 
-def _case_number(found: Found) -> str:
+def _case_number(found: Texts) -> str:
     value = _required(found, SAGSNUMMER)
     if not SAGSNUMMER_PATTERN.fullmatch(value):
         raise BadInput(Reason.INVALID_CASE_ID, f"Sagsnummer {value[:40]!r} is not AES-YYYY-NNNNNNN")
     return value
 
 
-def _event_ref(found: Found) -> str:
+def _event_ref(found: Texts) -> str:
     value = _required(found, HAENDELSE_ID)
     if CANONICAL_UUID.fullmatch(value):  # already as str(uuid.UUID(value)) writes it
         return value
@@ -161,7 +158,7 @@ def _event_ref(found: Found) -> str:
         raise BadInput(Reason.INVALID_VALUE, f"HaendelseId {value[:40]!r} is not a UUID") from None
 
 
-def _case_kind(found: Found) -> str | None:
+def _case_kind(found: Texts) -> str | None:
     value = found.get(SAGSTYPE)
     if value is not None and value not in CASE_KINDS:
         raise BadInput(Reason.INVALID_VALUE, f"Sagstype {value[:40]!r} unknown")

@@ -5,7 +5,8 @@
 Run by `bench/fuzz.py --atheris RUNS`, which seeds CORPUS_DIR with valid messages of both
 versions and forms. The gateway's modules are imported instrumented, so libFuzzer steers its
 mutations towards new branches of the parsers. An exception is a crash: libFuzzer stops, prints
-the input and exits non-zero. On success it prints "Done N runs in S second(s)".
+the input, writes it to bench/out/fuzz/crash-*, and exits non-zero. On success it prints
+"Done N runs in S second(s)".
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ def one_input(data: bytes) -> None:
 
 def main() -> None:
     runs, corpus = sys.argv[1], sys.argv[2]
+    artifacts = ROOT / "bench" / "out" / "fuzz"
+    artifacts.mkdir(parents=True, exist_ok=True)
     atheris.Setup([sys.argv[0], f"-runs={runs}", "-max_len=8192", "-timeout=5",
-                   "-rss_limit_mb=2048", "-print_final_stats=1", corpus], one_input)
+                   "-rss_limit_mb=2048", "-print_final_stats=1",
+                   f"-artifact_prefix={artifacts}/", corpus], one_input)
     atheris.Fuzz()
 
 

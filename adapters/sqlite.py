@@ -12,10 +12,11 @@ import contextlib
 import datetime as dt
 import itertools
 import os
+import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 import aiosqlite
 import msgspec
@@ -25,6 +26,8 @@ from gateway.correlate import CorrelationState, Effects, EventRecord, Link
 from gateway.decide import BatchKeys, Prepared, Result
 from gateway.model import Outcome
 from gateway.ports import OutboxRow
+
+T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 2
 BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoints
@@ -144,8 +147,164 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
         )
 
 
+async def on_thread(conn: aiosqlite.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Runs `job` with the sqlite3 connection on aiosqlite's thread, where each of its calls
+    runs. aiosqlite has no public call for a function of one's own, so its internal queue is
+    used here, and only here; the version is pinned, and tests/test_store_thread.py fails if
+    the internals change."""
+    run: Callable[..., Awaitable[object]] = conn._execute
+    return cast(T, await run(lambda: job(conn._conn)))
+
+
 def _placeholders(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
+
+
+# --- a batch's reads and writes, each run on the store's thread in one trip ------------------
+
+
+def _load_state(db: sqlite3.Connection, keys: BatchKeys) -> CorrelationState:
+    state = CorrelationState()
+    state.messages = _known_messages(db, keys.message_keys)
+    legacy_ids, numbers = set(keys.legacy_case_ids), set(keys.case_numbers)
+    for link in _links(db, legacy_ids, numbers):
+        state.add_link(link)
+        legacy_ids.add(link.legacy_case_id)
+        numbers.add(link.case_number)
+    for record in _events(db, keys, legacy_ids, numbers):
+        state.add_event(record)
+    # Fuzzy matching asks whether a candidate's ids are linked: load those links too.
+    extra_legacy = {r.legacy_case_id for r in state.events.values()} - legacy_ids
+    extra_numbers = {r.case_number for r in state.events.values()} - numbers
+    extra_legacy.discard(None)
+    extra_numbers.discard(None)
+    for link in _links(db, extra_legacy, extra_numbers):  # type: ignore[arg-type]
+        state.add_link(link)
+    return state
+
+
+def _known_messages(db: sqlite3.Connection, message_keys: set[str]) -> set[str]:
+    found: set[str] = set()
+    keys = list(message_keys)
+    for start in range(0, len(keys), 5000):
+        chunk = keys[start : start + 5000]
+        rows = db.execute(
+            f"SELECT message_key FROM messages WHERE message_key IN ({_placeholders(chunk)})",
+            chunk,
+        )
+        found.update(row[0] for row in rows)
+    return found
+
+
+def _links(db: sqlite3.Connection, legacy_ids: set[str], numbers: set[str]) -> list[Link]:
+    if not legacy_ids and not numbers:
+        return []
+    legacy, number = list(legacy_ids), list(numbers)
+    # UNION, not OR: with OR SQLite may scan the whole table instead of both indexes
+    rows = db.execute(
+        "SELECT legacy_case_id, case_number, cpr, method FROM links "
+        f"WHERE legacy_case_id IN ({_placeholders(legacy)}) UNION "
+        "SELECT legacy_case_id, case_number, cpr, method FROM links "
+        f"WHERE case_number IN ({_placeholders(number)})",
+        [*legacy, *number],
+    )
+    return [Link(*row) for row in rows]
+
+
+def _events(
+    db: sqlite3.Connection, keys: BatchKeys, legacy_ids: set[str], numbers: set[str]
+) -> list[EventRecord]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, values in (
+        ("legacy_case_id", legacy_ids),
+        ("case_number", numbers),
+        ("event_ref", keys.event_refs),
+        ("cpr", keys.cprs),
+    ):
+        if values:
+            where = f"{column} IN ({_placeholders(list(values))})"
+            clauses.append(f"{_SELECT_EVENTS} WHERE {where}")
+            params.extend(values)
+    if not clauses:
+        return []
+    return [EventRecord(*row) for row in db.execute(" UNION ".join(clauses), params)]
+
+
+def _commit(
+    db: sqlite3.Connection, batch: Sequence[Prepared], results: Sequence[Result],
+    effects: Effects, now: int,
+) -> list[OutboxRow]:
+    """BEGIN IMMEDIATE ... COMMIT; rolled back on any failure, the commit's own included, so
+    that the connection is never left inside a transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = _write(db, batch, results, effects, now)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return rows
+
+
+def _write(
+    db: sqlite3.Connection, batch: Sequence[Prepared], results: Sequence[Result],
+    effects: Effects, now: int,
+) -> list[OutboxRow]:
+    """Writes the batch; returns its outbox rows as stored, for the relays."""
+    db.executemany(
+        "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
+        [
+            # an Outcome is a str: bound as its value without the enum's `.value` lookup
+            (r.key, r.outcome, r.event_id, r.version, int(p.raw.received_at.timestamp()))
+            for p, r in zip(batch, results, strict=True)
+        ],
+    )
+    db.executemany(
+        "INSERT INTO quarantine (message_key, version, reason, detail, source, received_at,"
+        " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (r.key, r.version, r.reason, r.detail, p.raw.source,
+             int(p.raw.received_at.timestamp()), p.raw.body)
+            for p, r in zip(batch, results, strict=True)
+            if r.outcome is _QUARANTINED
+        ],
+    )
+    db.executemany(
+        f"INSERT INTO events ({', '.join(EVENT_COLUMNS[:-1])}, accepted_at) "
+        f"VALUES ({_placeholders(EVENT_COLUMNS)})",
+        [(*msgspec.structs.astuple(r)[:-1], now) for r in effects.new_events.values()],
+    )
+    db.executemany(
+        "UPDATE events SET versions = ?, other_seen = ?, legacy_case_id = ?, case_number = ?,"
+        " event_ref = ? WHERE event_id = ?",
+        [
+            (r.versions, r.other_seen, r.legacy_case_id, r.case_number, r.event_ref, r.event_id)
+            for r in effects.updated_events.values()
+        ],
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
+        [(*msgspec.structs.astuple(link), now) for link in effects.new_links],
+    )
+    if not effects.output:
+        return []
+    # Sequence numbers given explicitly, after the highest ever used (AUTOINCREMENT keeps it
+    # in sqlite_sequence, purged rows included), so that the rows are known as stored.
+    last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    first = int(last[0]) + 1 if last else 1
+    rows = [
+        OutboxRow(seq, e.event_id, e.person.municipality_code, e.category, e.event_type,
+                  canonical.encode(e))
+        for seq, e in enumerate(effects.output, start=first)
+    ]
+    db.executemany(
+        "INSERT INTO outbox (seq, event_id, municipality_code, category, event_type, body,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(*msgspec.structs.astuple(row), now) for row in rows],
+    )
+    return rows
 
 
 class Store:
@@ -159,6 +318,12 @@ class Store:
         # rollback takes back. Every statement goes through the lock, transactions whole.
         self._lock = asyncio.Lock()
         self._recent: deque[OutboxRow] = deque(maxlen=RECENT_OUTBOX_ROWS)  # committed only
+
+    async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """`job` on the store's thread in one trip, under the lock. A batch's statements go
+        together: one await each would wait each time for a turn of a busy event loop."""
+        async with self._lock:
+            return await on_thread(self._conn, job)
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._lock:
@@ -219,69 +384,10 @@ class Store:
 
     async def load_state(self, keys: BatchKeys) -> CorrelationState:
         """Everything the batch's decisions may depend on, and nothing else."""
-        state = CorrelationState()
-        state.messages = await self._known_messages(keys.message_keys)
-        legacy_ids, numbers = set(keys.legacy_case_ids), set(keys.case_numbers)
-        for link in await self._links(legacy_ids, numbers):
-            state.add_link(link)
-            legacy_ids.add(link.legacy_case_id)
-            numbers.add(link.case_number)
-        for record in await self._events(keys, legacy_ids, numbers):
-            state.add_event(record)
-        # Fuzzy matching asks whether a candidate's ids are linked: load those links too.
-        extra_legacy = {r.legacy_case_id for r in state.events.values()} - legacy_ids
-        extra_numbers = {r.case_number for r in state.events.values()} - numbers
-        extra_legacy.discard(None)
-        extra_numbers.discard(None)
-        for link in await self._links(extra_legacy, extra_numbers):  # type: ignore[arg-type]
-            state.add_link(link)
-        return state
-
-    async def _known_messages(self, message_keys: set[str]) -> set[str]:
-        found: set[str] = set()
-        keys = list(message_keys)
-        for start in range(0, len(keys), 5000):
-            chunk = keys[start : start + 5000]
-            rows = await self._query(
-                f"SELECT message_key FROM messages WHERE message_key IN ({_placeholders(chunk)})",
-                chunk,
-            )
-            found.update(row[0] for row in rows)
-        return found
-
-    async def _links(self, legacy_ids: set[str], numbers: set[str]) -> list[Link]:
-        if not legacy_ids and not numbers:
-            return []
-        legacy, number = list(legacy_ids), list(numbers)
-        # UNION, not OR: with OR SQLite may scan the whole table instead of both indexes
-        rows = await self._query(
-            "SELECT legacy_case_id, case_number, cpr, method FROM links "
-            f"WHERE legacy_case_id IN ({_placeholders(legacy)}) UNION "
-            "SELECT legacy_case_id, case_number, cpr, method FROM links "
-            f"WHERE case_number IN ({_placeholders(number)})",
-            [*legacy, *number],
-        )
-        return [Link(*row) for row in rows]
-
-    async def _events(
-        self, keys: BatchKeys, legacy_ids: set[str], numbers: set[str]
-    ) -> list[EventRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, values in (
-            ("legacy_case_id", legacy_ids),
-            ("case_number", numbers),
-            ("event_ref", keys.event_refs),
-            ("cpr", keys.cprs),
-        ):
-            if values:
-                where = f"{column} IN ({_placeholders(list(values))})"
-                clauses.append(f"{_SELECT_EVENTS} WHERE {where}")
-                params.extend(values)
-        if not clauses:
-            return []
-        rows = await self._query(" UNION ".join(clauses), params)
-        return [EventRecord(*row) for row in rows]
+        try:
+            return await self._run(lambda db: _load_state(db, keys))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store: {exc}") from exc
 
     async def commit(
         self, batch: Sequence[Prepared], results: Sequence[Result], effects: Effects
@@ -289,73 +395,12 @@ class Store:
         """Every outcome of the batch in one transaction."""
         now = int(dt.datetime.now(dt.UTC).timestamp())
         try:
-            async with self._transaction() as conn:
-                rows = await self._write(conn, batch, results, effects, now)
-        except aiosqlite.Error as exc:
+            rows = await self._run(lambda db: _commit(db, batch, results, effects, now))
+        except sqlite3.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
         if self._recent and rows and rows[0].seq != self._recent[-1].seq + 1:
             self._recent.clear()  # a gap (another writer?): keep only contiguous rows
         self._recent.extend(rows)
-
-    async def _write(
-        self, conn: aiosqlite.Connection, batch: Sequence[Prepared], results: Sequence[Result],
-        effects: Effects, now: int,
-    ) -> list[OutboxRow]:
-        """Writes the batch; returns its outbox rows as stored, for the relays."""
-        await conn.executemany(
-            "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
-            [
-                # an Outcome is a str: bound as its value without the enum's `.value` lookup
-                (r.key, r.outcome, r.event_id, r.version, int(p.raw.received_at.timestamp()))
-                for p, r in zip(batch, results, strict=True)
-            ],
-        )
-        await conn.executemany(
-            "INSERT INTO quarantine (message_key, version, reason, detail, source, received_at,"
-            " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (r.key, r.version, r.reason, r.detail, p.raw.source,
-                 int(p.raw.received_at.timestamp()), p.raw.body)
-                for p, r in zip(batch, results, strict=True)
-                if r.outcome is _QUARANTINED
-            ],
-        )
-        await conn.executemany(
-            f"INSERT INTO events ({', '.join(EVENT_COLUMNS[:-1])}, accepted_at) "
-            f"VALUES ({_placeholders(EVENT_COLUMNS)})",
-            [(*msgspec.structs.astuple(r)[:-1], now) for r in effects.new_events.values()],
-        )
-        await conn.executemany(
-            "UPDATE events SET versions = ?, other_seen = ?, legacy_case_id = ?, case_number = ?,"
-            " event_ref = ? WHERE event_id = ?",
-            [
-                (r.versions, r.other_seen, r.legacy_case_id, r.case_number, r.event_ref, r.event_id)
-                for r in effects.updated_events.values()
-            ],
-        )
-        await conn.executemany(
-            "INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
-            [(*msgspec.structs.astuple(link), now) for link in effects.new_links],
-        )
-        if not effects.output:
-            return []
-        # Sequence numbers given explicitly, after the highest ever used (AUTOINCREMENT keeps
-        # it in sqlite_sequence, purged rows included), so that the rows are known as stored.
-        last = await conn.execute_fetchall(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
-        )
-        first = int(next(iter(last))[0]) + 1 if last else 1
-        rows = [
-            OutboxRow(seq, e.event_id, e.person.municipality_code, e.category, e.event_type,
-                      canonical.encode(e))
-            for seq, e in enumerate(effects.output, start=first)
-        ]
-        await conn.executemany(
-            "INSERT INTO outbox (seq, event_id, municipality_code, category, event_type, body,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(*msgspec.structs.astuple(row), now) for row in rows],
-        )
-        return rows
 
     # --- relaying the outbox ----------------------------------------------------------------
 

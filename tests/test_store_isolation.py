@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
 
+import adapters.sqlite
 from adapters.sqlite import Store, StoreError
 from gateway.correlate import CorrelationState
 from gateway.decide import Prepared, Result, batch_keys, decide_batch, prepare
@@ -23,22 +26,23 @@ from gateway.envelope import EnvelopeReader
 from gateway.ports import OutboxRow
 from tests import helpers as h
 
+WRITE = adapters.sqlite._write
 
-class FailingCommitStore(Store):
+
+def write_then_fail(db: sqlite3.Connection, *args: Any) -> list[OutboxRow]:
     """Writes the whole batch, lets other tasks run, then fails as a full disk would."""
-
-    async def _write(self, conn: aiosqlite.Connection, batch: Sequence[Prepared],
-                     results: Sequence[Result], *rest: object) -> list[OutboxRow]:
-        await super()._write(conn, batch, results, *rest)  # type: ignore[arg-type]
-        await asyncio.sleep(0.2)  # the relay polls meanwhile
-        raise aiosqlite.OperationalError("database or disk is full")
+    WRITE(db, *args)
+    time.sleep(0.2)  # the relay polls meanwhile
+    raise sqlite3.OperationalError("database or disk is full")
 
 
-def test_the_outbox_shows_no_row_of_a_batch_that_is_not_committed(tmp_path: Path) -> None:
+def test_the_outbox_shows_no_row_of_a_batch_that_is_not_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapters.sqlite, "_write", write_then_fail)
+
     async def scenario() -> tuple[list[object], list[object]]:
-        plain = await Store.open(tmp_path / "g.db")
-        conn = plain._conn
-        store = FailingCommitStore(conn, plain.path)
+        store = await Store.open(tmp_path / "g.db")
         batch = [prepare(h.raw(h.v30_inline(h.v30_xml())), EnvelopeReader())]
         state = await store.load_state(batch_keys(batch))
         results, effects = decide_batch(batch, state, 120)

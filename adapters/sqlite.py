@@ -432,6 +432,10 @@ class Store:
         )
 
     async def outbox_end(self) -> int:
+        """The newest outbox row's sequence number. Asked before every batch (is a sink too
+        far behind?): from memory once this process has committed a row."""
+        if self._recent:
+            return self._recent[-1].seq
         rows = await self._query("SELECT COALESCE(MAX(seq), 0) FROM outbox")
         return int(rows[0][0])
 

@@ -74,3 +74,20 @@ def test_a_relay_behind_the_rows_in_hand_reads_the_table(tmp_path: Path) -> None
             assert behind == await from_table(path, 0)
 
     asyncio.run(scenario())
+
+
+def test_the_outbox_end_from_memory_is_the_table_s(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+
+    async def scenario() -> None:
+        async with await Store.open(path) as store:
+            assert await store.outbox_end() == 0
+            await commit_new_events(store, 4)
+            await commit_new_events(store, 3)
+            assert await store.outbox_end() == 7
+        async with await Store.open(path) as reopened:  # nothing in hand: asks the table
+            assert await reopened.outbox_end() == 7
+            await commit_new_events(reopened, 2)
+            assert await reopened.outbox_end() == 9
+
+    asyncio.run(scenario())

@@ -152,6 +152,7 @@ async def run(
     if config.processing.parse_workers > 0:
         pool = ParsePool(config.processing.parse_workers, config.matching.beskedtypes,
                          config.matching.max_message_bytes)
+        pool.start()
     metrics = Metrics(CollectorRegistry())
     pipeline = Pipeline(store, reader, config.matching.tolerance_seconds, [metrics.observe],
                         parse_pool=pool)

@@ -42,8 +42,9 @@ class Pipeline:
         return [prepare(d.raw, self.reader) for d in deliveries]
 
     async def process(self, deliveries: Sequence[Delivery]) -> list[Result]:
-        if self.parse_pool is not None:
-            batch = await self.parse_pool.prepare([d.raw for d in deliveries])
+        pool = self.parse_pool
+        if pool is not None and pool.takes(len(deliveries)):
+            batch = await pool.prepare([d.raw for d in deliveries])
         else:
             batch = self.prepare(deliveries)
         return await self.commit(batch, deliveries)

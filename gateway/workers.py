@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -21,6 +22,8 @@ import msgspec
 from gateway.decide import Prepared, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import RawMessage, Version
+
+log = logging.getLogger("aes_gateway.workers")
 
 PR_SET_PDEATHSIG = 1
 _RAWS = msgspec.msgpack.Decoder(list[RawMessage])
@@ -58,6 +61,12 @@ def _prepare_encoded(
     return pack([prepare(raw, reader) for raw in _RAWS.decode(data)])
 
 
+def _ready(beskedtypes: tuple[tuple[str, Version], ...], max_bytes: int) -> int:
+    """Runs in the worker at start: imports done and the reader built before the first batch."""
+    _reader(beskedtypes, max_bytes)
+    return os.getpid()
+
+
 def _die_with_parent(parent: int) -> None:
     """Worker initializer: a worker must not outlive a gateway killed with SIGKILL."""
     if sys.platform == "linux":
@@ -79,10 +88,46 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 class ParsePool:
-    def __init__(self, workers: int, beskedtypes: Mapping[str, Version], max_bytes: int) -> None:
+    """Worker processes that parse batches of at least `min_batch` messages.
+
+    A smaller batch is parsed in the event loop: the trip to a worker and back (about 1.5 ms
+    under load) costs more than parsing it (about 60 us a message), and at a low rate the
+    latency is what counts. So are batches that come before the workers are up: a worker
+    started by the first batch would hold it, and every message behind it, for the 0.2-0.5 s
+    an interpreter takes to start.
+    """
+
+    def __init__(
+        self, workers: int, beskedtypes: Mapping[str, Version], max_bytes: int,
+        min_batch: int = 32,
+    ) -> None:
         self._pool = worker_pool(workers)
+        self._workers = workers
         self._beskedtypes = tuple(sorted(beskedtypes.items()))
         self._max_bytes = max_bytes
+        self.min_batch = min_batch
+        self.ready = False
+        self._starting: asyncio.Future[list[int]] | None = None
+
+    def start(self) -> None:
+        """Start the workers in the background; `ready` once they have answered."""
+        loop = asyncio.get_running_loop()
+        self._starting = asyncio.gather(*(
+            loop.run_in_executor(self._pool, _ready, self._beskedtypes, self._max_bytes)
+            for _ in range(self._workers)
+        ))
+        self._starting.add_done_callback(self._started)
+
+    def _started(self, starting: asyncio.Future[list[int]]) -> None:
+        if starting.cancelled() or starting.exception() is not None:
+            log.warning("parse workers did not start; parsing in the event loop",
+                        exc_info=None if starting.cancelled() else starting.exception())
+            return
+        self.ready = True
+
+    def takes(self, count: int) -> bool:
+        """Whether a batch of `count` messages goes to a worker."""
+        return self.ready and count >= self.min_batch
 
     async def prepare(self, raws: Sequence[RawMessage]) -> list[Prepared]:
         loop = asyncio.get_running_loop()
@@ -93,4 +138,6 @@ class ParsePool:
         return unpack(data)
 
     def close(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)

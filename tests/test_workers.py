@@ -1,10 +1,19 @@
-"""What crosses from a parse worker: everything but the bodies nobody reads."""
+"""The parse worker: what crosses from it (everything but the bodies nobody reads), and which
+batches it parses."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from pathlib import Path
+
+from adapters.files import FileDelivery
+from adapters.sqlite import Store
 from gateway.decide import prepare
-from gateway.envelope import EnvelopeReader
-from gateway.workers import pack, unpack
+from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
+from gateway.formats import DEFAULT_BESKEDTYPES
+from gateway.pipeline import Pipeline
+from gateway.workers import ParsePool, pack, unpack
 from tests import helpers as h
 
 
@@ -19,3 +28,56 @@ def test_a_batch_crosses_whole_but_for_the_bodies_of_parsed_messages() -> None:
             before.key, before.version, before.event, before.reason, before.detail)
         assert (after.raw.source, after.raw.received_at) == (
             before.raw.source, before.raw.received_at)
+
+
+async def until_ready(pool: ParsePool) -> None:
+    for _ in range(400):  # a worker starts in well under a second; 20 s is plenty
+        if pool.ready:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the parse worker did not start")
+
+
+def test_the_pool_takes_only_batches_that_come_once_it_is_up_and_are_large() -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=4)
+        try:
+            pool.start()
+            before = pool.takes(100)  # the worker is still starting
+            await until_ready(pool)
+            return before, pool.takes(3), pool.takes(4)
+        finally:
+            pool.close()
+
+    assert asyncio.run(scenario()) == (False, False, True)
+
+
+def test_a_small_batch_is_parsed_in_the_loop_and_a_large_one_by_the_worker(
+    tmp_path: Path,
+) -> None:
+    """A batch that crossed from the worker has lost its parsed bodies; one parsed in the
+    event loop still has them."""
+    files = []
+    for index in range(5):
+        path = tmp_path / f"{index}.xml"
+        path.write_bytes(h.v30_inline(h.v30_xml(ref=str(uuid.uuid4()))))
+        files.append(path)
+    seen: list[list[bytes]] = []
+
+    async def scenario() -> None:
+        pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=3)
+        store = await Store.open(tmp_path / "g.db")
+        try:
+            pool.start()
+            await until_ready(pool)
+            pipeline = Pipeline(store, hooks=[lambda batch, _: seen.append(
+                [item.raw.body for item in batch])], parse_pool=pool)
+            await pipeline.process([FileDelivery(path) for path in files[:2]])
+            await pipeline.process([FileDelivery(path) for path in files[2:]])
+        finally:
+            pool.close()
+            await store.close()
+
+    asyncio.run(scenario())
+    assert [[bool(body) for body in bodies] for bodies in seen] == [
+        [True, True], [False, False, False]]

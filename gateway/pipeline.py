@@ -41,13 +41,20 @@ class Pipeline:
     def prepare(self, deliveries: Sequence[Delivery]) -> list[Prepared]:
         return [prepare(d.raw, self.reader) for d in deliveries]
 
-    async def process(self, deliveries: Sequence[Delivery]) -> list[Result]:
+    async def parse(self, deliveries: Sequence[Delivery]) -> list[Prepared]:
+        """The CPU-bound half: in the parse pool, or here for a small batch. If it fails
+        (the pool broke), the deliveries are handed back to their sources."""
         pool = self.parse_pool
-        if pool is not None and pool.takes(len(deliveries)):
-            batch = await pool.prepare([d.raw for d in deliveries])
-        else:
-            batch = self.prepare(deliveries)
-        return await self.commit(batch, deliveries)
+        try:
+            if pool is not None and pool.takes(len(deliveries)):
+                return await pool.prepare([d.raw for d in deliveries])
+            return self.prepare(deliveries)
+        except Exception:
+            await _fail(deliveries)
+            raise
+
+    async def process(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        return await self.commit(await self.parse(deliveries), deliveries)
 
     async def commit(
         self, batch: Sequence[Prepared], deliveries: Sequence[Delivery] = ()
@@ -58,8 +65,7 @@ class Pipeline:
             results, effects = decide_batch(batch, state, self.tolerance_s)
             await self.store.commit(batch, results, effects)
         except Exception:
-            for settler, group in _by_settler(deliveries, [None] * len(deliveries)).items():
-                await settler.fail([d for d, _ in group])
+            await _fail(deliveries)
             raise
         for settler, group in _by_settler(deliveries, results if deliveries else []).items():
             try:
@@ -70,6 +76,11 @@ class Pipeline:
             hook(batch, results)
         _log_outcomes(batch, results)
         return results
+
+
+async def _fail(deliveries: Sequence[Delivery]) -> None:
+    for settler, group in _by_settler(deliveries, [None] * len(deliveries)).items():
+        await settler.fail([d for d, _ in group])
 
 
 def _by_settler(

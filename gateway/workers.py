@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import cache
 
 import msgspec
@@ -107,6 +108,7 @@ class ParsePool:
         self._max_bytes = max_bytes
         self.min_batch = min_batch
         self.ready = False
+        self.worker_pids: list[int] = []
         self._starting: asyncio.Future[list[int]] | None = None
 
     def start(self) -> None:
@@ -123,6 +125,7 @@ class ParsePool:
             log.warning("parse workers did not start; parsing in the event loop",
                         exc_info=None if starting.cancelled() else starting.exception())
             return
+        self.worker_pids = starting.result()
         self.ready = True
 
     def takes(self, count: int) -> bool:
@@ -131,10 +134,15 @@ class ParsePool:
 
     async def prepare(self, raws: Sequence[RawMessage]) -> list[Prepared]:
         loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(
-            self._pool, _prepare_encoded, _ENCODER.encode(list(raws)), self._beskedtypes,
-            self._max_bytes,
-        )
+        try:
+            data = await loop.run_in_executor(
+                self._pool, _prepare_encoded, _ENCODER.encode(list(raws)), self._beskedtypes,
+                self._max_bytes,
+            )
+        except BrokenProcessPool:  # a worker died (killed, out of memory): parse in the loop
+            self.ready = False
+            log.warning("a parse worker died; parsing in the event loop from now on")
+            raise
         return unpack(data)
 
     def close(self) -> None:

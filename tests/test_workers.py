@@ -4,14 +4,21 @@ batches it parses."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+
+import pytest
 
 from adapters.files import FileDelivery
 from adapters.sqlite import Store
 from gateway.decide import prepare
 from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
 from gateway.formats import DEFAULT_BESKEDTYPES
+from gateway.model import RawMessage
 from gateway.pipeline import Pipeline
 from gateway.workers import ParsePool, pack, unpack
 from tests import helpers as h
@@ -81,3 +88,54 @@ def test_a_small_batch_is_parsed_in_the_loop_and_a_large_one_by_the_worker(
     asyncio.run(scenario())
     assert [[bool(body) for body in bodies] for bodies in seen] == [
         [True, True], [False, False, False]]
+
+
+class RecordingSettler:
+    def __init__(self) -> None:
+        self.failed: list[object] = []
+        self.settled: list[object] = []
+
+    async def settle(self, deliveries: Sequence[object], results: Sequence[object]) -> None:
+        self.settled.extend(deliveries)
+
+    async def fail(self, deliveries: Sequence[object]) -> None:
+        self.failed.extend(deliveries)
+
+
+class Handed:
+    def __init__(self, raw: RawMessage, settler: RecordingSettler) -> None:
+        self.raw = raw
+        self.settler = settler
+
+
+def test_when_the_worker_dies_its_batch_goes_back_and_the_loop_parses_the_next(
+    tmp_path: Path,
+) -> None:
+    settler = RecordingSettler()
+
+    def batch() -> list[Handed]:
+        return [Handed(h.raw(h.v30_inline(h.v30_xml(ref=str(uuid.uuid4())))), settler)
+                for _ in range(3)]
+
+    first, second = batch(), batch()
+
+    async def scenario() -> tuple[bool, bool]:
+        pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=1)
+        store = await Store.open(tmp_path / "g.db")
+        try:
+            pool.start()
+            await until_ready(pool)
+            os.kill(pool.worker_pids[0], signal.SIGKILL)
+            pipeline = Pipeline(store, parse_pool=pool)
+            with pytest.raises(BrokenProcessPool):
+                await pipeline.process(first)  # type: ignore[arg-type]
+            after_death = pool.ready
+            await pipeline.process(second)  # type: ignore[arg-type]
+            return after_death, pool.takes(100)
+        finally:
+            pool.close()
+            await store.close()
+
+    assert asyncio.run(scenario()) == (False, False)
+    assert settler.failed == first, "handed back to the source, to come again"
+    assert settler.settled == second, "parsed in the event loop and committed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -139,6 +140,22 @@ async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRun
     host, _, port = listen.rpartition(":")
     await web.TCPSite(runner, host or None, int(port)).start()
     return runner
+
+
+def freeze_startup_heap() -> int:
+    """Leave the start-up heap (modules, classes, functions: about 50 000 objects, all of them
+    permanent) out of every later garbage collection; returns how many objects that is.
+
+    Each full collection scanned that heap and paused the event loop for 30-36 ms, 4 times in
+    30 s at 1 000 msg/s, so every message of those moments waited. Frozen, a full collection
+    scans only what the service made since, about 1 ms. Called by `aes-gateway run` once
+    everything is imported; not by tests that run the service inside their own process.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("start-up heap frozen", extra={"objects": frozen})
+    return frozen
 
 
 async def run(

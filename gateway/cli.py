@@ -116,7 +116,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if command == "run":
         from adapters import runtime  # the live service's dependencies load only here
 
-        await runtime.run(config.load(args.config), args.until_idle)
+        loaded = config.load(args.config)
+        runtime.freeze_startup_heap()
+        await runtime.run(loaded, args.until_idle)
         return 0
     if command == "config":
         loaded = config.load(args.config)

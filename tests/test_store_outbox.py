@@ -91,3 +91,46 @@ def test_the_outbox_end_from_memory_is_the_table_s(tmp_path: Path) -> None:
             assert await reopened.outbox_end() == 9
 
     asyncio.run(scenario())
+
+
+async def counted(path: Path, sink: str) -> tuple[int, int | None]:
+    """The backlog the slow way: every row past the sink's position, counted."""
+    async with await Store.open(path) as fresh:
+        rows = await fresh._query(
+            "SELECT COUNT(*), MIN(o.created_at) FROM outbox o, sink_progress p"
+            " WHERE p.sink = ? AND o.seq > p.last_seq", (sink,))
+        return int(rows[0][0]), rows[0][1]
+
+
+def test_the_backlog_is_what_a_count_of_the_waiting_rows_gives(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+
+    async def scenario() -> list[tuple[int, bool]]:
+        seen = []
+
+        async def check(sink: str) -> None:
+            count, age = await store.backlog(sink)
+            expected, oldest = await counted(path, sink)
+            assert count == expected
+            assert (age is None) == (oldest is None)
+            seen.append((count, age is None))
+
+        async with await Store.open(path) as store:
+            await store.register_sink("a", 0)
+            await check("a")  # nothing yet
+            await commit_new_events(store, 5)
+            await store.register_sink("b", 0)
+            await commit_new_events(store, 3)
+            await store.mark_sent("a", 6)
+            await check("a")
+            await check("b")
+            await store.mark_sent("b", 8)
+            await store.mark_sent("a", 8)
+            await store.purge(retention_days=400)  # every row relayed: the outbox is empty
+            await check("a")
+            await commit_new_events(store, 2)
+            await check("b")
+            assert await store.backlog("never-registered") == (0, None)
+        return seen
+
+    assert asyncio.run(scenario()) == [(0, True), (2, False), (8, False), (0, True), (2, False)]

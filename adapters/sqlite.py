@@ -34,6 +34,7 @@ BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoi
 # The newest committed outbox rows, kept to hand to relays without reading them back (a relay
 # that is behind them reads the table). About 6 MB at most.
 RECENT_OUTBOX_ROWS: Final = 8192
+CLOSE_CHUNK: Final = 5000  # pairing windows closed per statement (15-25 ms of the store)
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -443,17 +444,24 @@ class Store:
 
     async def close_pairs(self, now: int, window_s: int) -> dict[str, int]:
         """Judge every event whose pairing window has passed by `now` (stream or wall time):
-        `both` if the other version arrived within the window, else only its first version."""
-        rows = await self._query(
-            # strictly past the window: a twin stamped on its last second may still be on its way
-            "UPDATE events SET pair_closed = 1 WHERE pair_closed = 0 AND first_seen < ?"
-            " RETURNING first_version, other_seen IS NOT NULL AND other_seen - first_seen <= ?",
-            (now - window_s, window_s),
-        )
+        `both` if the other version arrived within the window, else only its first version.
+
+        In statements of CLOSE_CHUNK events, so that batches commit in between: replaying
+        days-old traffic, a minute's worth of windows closes at once (64 599 in one statement
+        held the store for 177 ms)."""
         outcomes = {"both": 0, "only_2_2": 0, "only_3_0": 0}
-        for first_version, paired in rows:
-            outcomes["both" if paired else f"only_{first_version.replace('.', '_')}"] += 1
-        return outcomes
+        while True:
+            rows = await self._query(
+                # strictly past the window: a twin stamped on its last second may be on its way
+                "UPDATE events SET pair_closed = 1 WHERE seq IN (SELECT seq FROM events"
+                " WHERE pair_closed = 0 AND first_seen < ? LIMIT ?) RETURNING first_version,"
+                " other_seen IS NOT NULL AND other_seen - first_seen <= ?",
+                (now - window_s, CLOSE_CHUNK, window_s),
+            )
+            for first_version, paired in rows:
+                outcomes["both" if paired else f"only_{first_version.replace('.', '_')}"] += 1
+            if len(rows) < CLOSE_CHUNK:
+                return outcomes
 
     async def backlog(self, sink: str) -> tuple[int, float | None]:
         """(events not yet relayed to `sink`, age in seconds of the oldest of them).

@@ -11,6 +11,9 @@ import collections
 import uuid
 from pathlib import Path
 
+import pytest
+
+import adapters.sqlite
 from adapters.sqlite import Store
 from gateway.decide import batch_keys, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
@@ -134,3 +137,22 @@ def test_the_backlog_is_what_a_count_of_the_waiting_rows_gives(tmp_path: Path) -
         return seen
 
     assert asyncio.run(scenario()) == [(0, True), (2, False), (8, False), (0, True), (2, False)]
+
+
+def test_pairing_windows_close_in_chunks_each_event_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapters.sqlite, "CLOSE_CHUNK", 2)
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int], int]:
+        async with await Store.open(tmp_path / "g.db") as store:
+            await commit_new_events(store, 7)  # 3.0 only, every one
+            closed = await store.close_pairs(2**62, 72 * 3600)
+            again = await store.close_pairs(2**62, 72 * 3600)
+            still_open = await store._query("SELECT COUNT(*) FROM events WHERE pair_closed = 0")
+            return closed, again, int(still_open[0][0])
+
+    closed, again, still_open = asyncio.run(scenario())
+    assert closed == {"both": 0, "only_2_2": 0, "only_3_0": 7}
+    assert again == {"both": 0, "only_2_2": 0, "only_3_0": 0}
+    assert still_open == 0

@@ -8,13 +8,12 @@ commits; sinks are fed from the outbox, each with its own progress.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import os
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -113,6 +112,10 @@ _SELECT_QUARANTINE: Final = (
 
 
 _QUARANTINED: Final = Outcome.QUARANTINED  # read once, not per message
+# The highest outbox sequence number ever given (AUTOINCREMENT keeps it, purged rows included)
+_HIGHEST_OUTBOX_SEQ: Final = (
+    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"
+)
 
 
 class StoreError(Exception):
@@ -232,21 +235,18 @@ def _events(
     return [EventRecord(*row) for row in db.execute(" UNION ".join(clauses), params)]
 
 
-def _commit(
-    db: sqlite3.Connection, batch: Sequence[Prepared], results: Sequence[Result],
-    effects: Effects, now: int,
-) -> list[OutboxRow]:
+def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
     """BEGIN IMMEDIATE ... COMMIT; rolled back on any failure, the commit's own included, so
     that the connection is never left inside a transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        rows = _write(db, batch, results, effects, now)
+        result = work(db)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return rows
+    return result
 
 
 def _write(
@@ -293,8 +293,7 @@ def _write(
         return []
     # Sequence numbers given explicitly, after the highest ever used (AUTOINCREMENT keeps it
     # in sqlite_sequence, purged rows included), so that the rows are known as stored.
-    last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-    first = int(last[0]) + 1 if last else 1
+    first = int(db.execute(_HIGHEST_OUTBOX_SEQ).fetchone()[0]) + 1
     rows = [
         OutboxRow(seq, e.event_id, e.person.municipality_code, e.category, e.event_type,
                   canonical.encode(e))
@@ -334,19 +333,9 @@ class Store:
         async with self._lock:
             await self._conn.execute(sql, params)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT under the lock; rolled back on any failure, the commit's
-        own included, so that the connection is never left inside a transaction."""
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    await self._conn.execute("ROLLBACK")
-                raise
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in one transaction, in one trip to the store's thread, under the lock."""
+        return await self._run(lambda db: _in_transaction(db, work))
 
     @classmethod
     async def open(cls, path: Path | str, bulk: bool = False) -> Store:
@@ -396,7 +385,7 @@ class Store:
         """Every outcome of the batch in one transaction."""
         now = int(dt.datetime.now(dt.UTC).timestamp())
         try:
-            rows = await self._run(lambda db: _commit(db, batch, results, effects, now))
+            rows = await self._transaction(lambda db: _write(db, batch, results, effects, now))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
         if self._recent and rows and rows[0].seq != self._recent[-1].seq + 1:
@@ -437,7 +426,7 @@ class Store:
         far behind?): from memory once this process has committed a row."""
         if self._recent:
             return self._recent[-1].seq
-        rows = await self._query("SELECT COALESCE(MAX(seq), 0) FROM outbox")
+        rows = await self._query(_HIGHEST_OUTBOX_SEQ)
         return int(rows[0][0])
 
     # --- metrics ----------------------------------------------------------------------------
@@ -471,8 +460,7 @@ class Store:
         The numbers past a sink's position have no gaps: they are given in order, from the
         highest ever used, and purged only up to the lowest position of all sinks."""
         rows = await self._query(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"
-            " - p.last_seq, 0),"
+            f"SELECT MAX(({_HIGHEST_OUTBOX_SEQ}) - p.last_seq, 0),"
             " (SELECT created_at FROM outbox WHERE seq > p.last_seq ORDER BY seq LIMIT 1)"
             " FROM sink_progress p WHERE p.sink = ?", (sink,))
         count, oldest = rows[0] if rows else (0, None)
@@ -516,14 +504,15 @@ class Store:
 
     async def release_quarantined(self, rows: Sequence[QuarantineRow]) -> None:
         """Forget quarantined messages so that they can be decided again."""
-        async with self._transaction() as conn:
-            await conn.executemany(
+
+        def release(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
                 [(row.message_key,) for row in rows],
             )
-            await conn.executemany(
-                "DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in rows]
-            )
+            db.executemany("DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in rows])
+
+        await self._transaction(release)
 
     async def purge(
         self, retention_days: int, quarantine_days: int | None = None,
@@ -536,20 +525,21 @@ class Store:
         def cutoff(days: int) -> int:
             return int((now - dt.timedelta(days=days)).timestamp())
 
-        deleted: dict[str, int] = {}
-        async with self._transaction() as conn:
+        def delete(db: sqlite3.Connection) -> dict[str, int]:
+            deleted: dict[str, int] = {}
             for table, column, days in (
                 ("events", "accepted_at", retention_days),
                 ("messages", "received_at", retention_days),
                 ("quarantine", "received_at", quarantine_days or retention_days),
                 ("links", "learned_at", retention_days),
             ):
-                cursor = await conn.execute(
-                    f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
+                cursor = db.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
                 deleted[table] = cursor.rowcount
-            cursor = await conn.execute(
+            cursor = db.execute(
                 "DELETE FROM outbox WHERE seq <= "
                 "(SELECT COALESCE(MIN(last_seq), 0) FROM sink_progress)"
             )
             deleted["outbox"] = cursor.rowcount
-        return deleted
+            return deleted
+
+        return await self._transaction(delete)

@@ -6,13 +6,13 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Final
 
 import aio_pika
 import aiormq
+import aiormq.abc
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -30,6 +30,8 @@ from gateway.ports import Delivery, OutboxRow
 log = logging.getLogger("aes_gateway.amqp")
 
 Connector = Callable[[], Awaitable[AbstractRobustConnection]]
+Properties = aiormq.spec.Basic.Properties
+PERSISTENT: Final = 2  # delivery mode: written to disk by the broker
 AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
@@ -195,39 +197,41 @@ def routing_key(row: OutboxRow) -> str:
 
 class AmqpSink:
     """Publishes the outbox to a durable topic exchange with publisher confirms, a window of
-    messages in flight at once; quarantined messages go to the quarantine exchange."""
+    messages in flight at once; quarantined messages go to the quarantine exchange.
+
+    aio-pika declares the exchanges (and owns the connection); the messages go out through
+    the aiormq channel under it. aio-pika's `Exchange.publish` builds a `Message` and converts
+    it to these same properties, 166 us of CPU a message against 92 us (bench/README.md,
+    stop 12): at 1 000 events/s that is 7 % of a core.
+    """
 
     def __init__(self, config: AmqpSinkConfig, connect: Connector, name: str) -> None:
         self.config = config
         self.connect = connect
         self.name = name
         self._connection: AbstractRobustConnection | None = None
-        self._exchange: AbstractExchange | None = None
-        self._quarantine: AbstractExchange | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
 
-    async def _exchanges(self) -> tuple[AbstractExchange, AbstractExchange | None]:
-        if self._exchange is None:
+    async def _open(self) -> aiormq.abc.AbstractChannel:
+        if self._channel is None:
             if self._connection is None:
                 self._connection = await self.connect()
             channel = await self._connection.channel(publisher_confirms=True)
-            self._exchange = await channel.declare_exchange(
+            await channel.declare_exchange(
                 self.config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
             if self.config.quarantine_exchange:
-                self._quarantine = await channel.declare_exchange(
+                await channel.declare_exchange(
                     self.config.quarantine_exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
-        return self._exchange, self._quarantine
+            self._channel = await channel.get_underlay_channel()
+        return self._channel
 
     async def send(self, rows: Sequence[OutboxRow]) -> None:
-        exchange, _ = await self._exchanges()
-        await self._publish(exchange, [
-            (aio_pika.Message(
-                row.body,
-                content_type="application/json",
-                message_id=row.event_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ), routing_key(row))
+        await self._publish(self.config.exchange, [
+            (row.body, routing_key(row), Properties(
+                content_type="application/json", message_id=row.event_id, delivery_mode=PERSISTENT,
+            ))
             for row in rows
         ])
 
@@ -236,28 +240,26 @@ class AmqpSink:
         await self.send_quarantine(rows, with_body=False)
 
     async def send_quarantine(self, rows: Sequence[QuarantineRow], with_body: bool = True) -> None:
-        _, exchange = await self._exchanges()
-        if exchange is None:
+        if not self.config.quarantine_exchange:
             return
-        await self._publish(exchange, [
-            (aio_pika.Message(
-                row.body if with_body else b"",
-                content_type="application/xml",
-                message_id=row.message_key,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        await self._publish(self.config.quarantine_exchange, [
+            (row.body if with_body else b"", f"{row.version or 'unknown'}.{row.reason}",
+             Properties(
+                content_type="application/xml", message_id=row.message_key,
+                delivery_mode=PERSISTENT,
                 headers={"reason": row.reason, "detail": row.detail or "",
                          "version": row.version or "unknown", "source": row.source},
-            ), f"{row.version or 'unknown'}.{row.reason}")
+            ))
             for row in rows
         ])
 
-    async def _publish(self, exchange: AbstractExchange, messages: list[tuple[Any, str]]) -> None:
+    async def _publish(self, exchange: str, messages: list[tuple[bytes, str, Properties]]) -> None:
         try:
-            await _confirmed(exchange, messages)
+            await _confirmed(await self._open(), exchange, messages)
         except BaseException:
             # a fresh channel on the next try: one that a broker restart left behind may
             # never come back, and the relay retries this batch
-            self._exchange = self._quarantine = None
+            self._channel = None
             raise
 
     async def close(self) -> None:
@@ -265,15 +267,19 @@ class AmqpSink:
             await self._connection.close()
 
 
-async def _confirmed(exchange: AbstractExchange, messages: list[tuple[Any, str]]) -> None:
+async def _confirmed(
+    channel: aiormq.abc.AbstractChannel, exchange: str,
+    messages: list[tuple[bytes, str, Properties]],
+) -> None:
     """Publish all, then wait for every confirm: the window is pipelined, not one by one."""
     results = await asyncio.gather(
-        *(exchange.publish(message, key, mandatory=False) for message, key in messages),
+        *(channel.basic_publish(body, exchange=exchange, routing_key=key, properties=properties)
+          for body, key, properties in messages),
         return_exceptions=True,
     )
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise failed[0]
-    nacked = [r for r in results if not isinstance(r, aiormq.spec.Basic.Ack | type(None))]
+    nacked = [r for r in results if not isinstance(r, aiormq.spec.Basic.Ack)]
     if nacked:
         raise ConnectionError(f"broker refused {len(nacked)} of {len(results)} messages")

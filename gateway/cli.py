@@ -22,7 +22,7 @@ from gateway.metrics import Metrics
 from gateway.replay import replay
 from gateway.simulate import simulate
 
-DEFAULT_BATCH = 4000  # a commit writes every page its batch touched: bigger batches share pages
+DEFAULT_BATCH = 8000  # a commit writes every page its batch touched: bigger batches share pages
 PARALLEL_FROM = 5000  # files
 
 

@@ -122,7 +122,7 @@ class StoreError(Exception):
     """The store cannot be opened or written; the original error is chained."""
 
 
-class QuarantineRow(msgspec.Struct, frozen=True):
+class QuarantineRow(msgspec.Struct, frozen=True, gc=False):
     seq: int  # the quarantine id; named like the outbox's so one relay serves both
     message_key: str
     version: str | None

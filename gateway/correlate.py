@@ -39,7 +39,7 @@ Times = tuple[int, ...]  # an event's time(s) in epoch seconds: two in a repeate
 CaseIds = tuple[set[str], set[str]]  # (legacy case ids, case numbers), links included
 
 
-class EventRecord(msgspec.Struct):
+class EventRecord(msgspec.Struct, gc=False):
     """What the store keeps of an accepted event to recognise its twins."""
 
     event_id: str
@@ -58,14 +58,14 @@ class EventRecord(msgspec.Struct):
     seq: int  # acceptance order
 
 
-class Link(msgspec.Struct, frozen=True):
+class Link(msgspec.Struct, frozen=True, gc=False):
     legacy_case_id: str
     case_number: str
     cpr: str
     method: str
 
 
-class Decision(msgspec.Struct):
+class Decision(msgspec.Struct, gc=False):
     """The outcome of one valid message."""
 
     outcome: Outcome

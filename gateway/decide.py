@@ -20,7 +20,7 @@ from gateway.model import (
 )
 
 
-class Prepared(msgspec.Struct, frozen=True):
+class Prepared(msgspec.Struct, frozen=True, gc=False):
     """A message after the CPU-bound part: parsed, or refused with its reason."""
 
     raw: RawMessage
@@ -31,7 +31,7 @@ class Prepared(msgspec.Struct, frozen=True):
     detail: str | None = None
 
 
-class Result(msgspec.Struct):
+class Result(msgspec.Struct, gc=False):
     """The recorded outcome of one message."""
 
     key: str

@@ -12,7 +12,7 @@ from gateway.decide import BatchKeys, Prepared, Result
 from gateway.model import RawMessage
 
 
-class OutboxRow(msgspec.Struct, frozen=True):
+class OutboxRow(msgspec.Struct, frozen=True, gc=False):
     """One canonical event waiting in the outbox, with what sinks route by."""
 
     seq: int

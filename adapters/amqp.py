@@ -210,6 +210,7 @@ class AmqpSink:
         self.connect = connect
         self.name = name
         self._connection: AbstractRobustConnection | None = None
+        self._declared_on: AbstractChannel | None = None  # held: aio-pika keeps it weakly
         self._channel: aiormq.abc.AbstractChannel | None = None
 
     async def _open(self) -> aiormq.abc.AbstractChannel:
@@ -224,6 +225,7 @@ class AmqpSink:
                 await channel.declare_exchange(
                     self.config.quarantine_exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
+            self._declared_on = channel
             self._channel = await channel.get_underlay_channel()
         return self._channel
 
@@ -259,7 +261,7 @@ class AmqpSink:
         except BaseException:
             # a fresh channel on the next try: one that a broker restart left behind may
             # never come back, and the relay retries this batch
-            self._channel = None
+            self._channel = self._declared_on = None
             raise
 
     async def close(self) -> None:

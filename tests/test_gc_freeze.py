@@ -1,5 +1,6 @@
-"""`aes-gateway run` freezes its start-up heap, so that full garbage collections (which paused
-the event loop for 30-36 ms each) no longer scan it."""
+"""The cycle collector kept off the hot path: `aes-gateway run` freezes its start-up heap, so
+that full collections (which paused the event loop for 30-36 ms each) no longer scan it, and
+what is made for every message is not tracked at all."""
 
 from __future__ import annotations
 

@@ -125,7 +125,8 @@ class Service:
             if remaining <= 0:
                 return
             try:
-                batch.append(await asyncio.wait_for(self.intake.get(), remaining))
+                async with asyncio.timeout(remaining):  # not wait_for: no task of its own
+                    batch.append(await self.intake.get())
             except TimeoutError:
                 return
 

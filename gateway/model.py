@@ -5,6 +5,9 @@ and the store's rows) are declared `gc=False`: the cycle collector does not trac
 hold scalars, strings, other such Structs and lists or dicts of strings, so none can be part
 of a reference cycle. Tracked, they set off the collector every few hundred messages: in a
 replay of 100 000 messages it ran 2 089 times for 0.68 s; untracked, 638 times for 0.16 s.
+msgspec leaves some Structs of plain values untracked by itself, but not all of them on every
+path: without `gc=False` on those (RawMessage, EventRecord, Link, ...) the collector ran twice
+as often again (1 282 young collections against 580).
 """
 
 from __future__ import annotations

@@ -43,3 +43,13 @@ def test_compare_script_runs_both_trees_by_turns(tmp_path: Path) -> None:
     medians = [line for line in result.stdout.splitlines() if line.startswith("median ")]
     assert len(medians) == 2
     assert all("msg/s" in line for line in medians)
+
+
+def test_publish_script_times_the_sink_next_to_aio_pika() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/publish.py", "--messages", "200"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = [line[:22].strip() for line in result.stdout.splitlines()]
+    assert names == ["aio-pika publish", "gateway AMQP sink"] * 2  # by turns
+    assert all("us CPU a message" in line for line in result.stdout.splitlines())

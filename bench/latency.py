@@ -8,6 +8,7 @@ steady rate, in 10 ms ticks, to `aes-gateway run` in a process of its own, then 
 the commit of its outcome (after which it is acknowledged). Prints the achieved rate, p50, p90
 and p99 (interpolated within the histogram's buckets, as Prometheus's histogram_quantile does)
 and the share of messages committed within 50 ms. Exit 1 when p99 is 50 ms or more.
+`--busy-cores N` runs N CPU-bound processes alongside, as on a machine with other work.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> int:
     env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",  # noqa: ASYNC220 - started once
                                 "--config", str(config)], cwd=ROOT, env=env)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])  # noqa: ASYNC220 - started once
+            for _ in range(args.busy_cores)]
     try:
         for _ in range(200):  # until it listens
             try:
@@ -108,8 +111,9 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> int:
         await asyncio.sleep(1.0)
         cumulative = buckets(port)
     finally:
-        gateway.terminate()
-        gateway.wait()
+        for process in (gateway, *busy):
+            process.terminate()
+            process.wait()
         await brokers.delete(topo)
     total = cumulative[-1][1]
     within = next(count for bound, count in cumulative if bound >= 0.05)
@@ -128,6 +132,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--busy-cores", type=int, default=0, help="CPU-bound processes to run "
+                        "alongside, as on a machine with other work (default: none)")
     parser.add_argument("--batch-wait-ms", type=int, help="store.batch_wait_ms (default: the "
                         "gateway's own)")
     args = parser.parse_args()

@@ -53,3 +53,20 @@ def test_publish_script_times_the_sink_next_to_aio_pika() -> None:
     names = [line[:22].strip() for line in result.stdout.splitlines()]
     assert names == ["aio-pika publish", "gateway AMQP sink"] * 2  # by turns
     assert all("us CPU a message" in line for line in result.stdout.splitlines())
+
+
+def test_bounds_script_runs_every_mode_by_turns_and_decides_alike(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/bounds.py", "--rounds", "2", "--messages", "700",
+         "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    modes = [line[9:19].strip() for line in lines if line.startswith("round ")]
+    assert modes == ["ceiling", "parse side", "no store", "replay"] * 2  # by turns
+    medians = [line for line in lines if line.startswith("  ")]
+    assert [line.split("  ")[1].strip() for line in medians] == [
+        "ceiling", "parse side", "no store", "replay"]
+    assert all("of the ceiling" in line for line in medians)
+    emitted = next(line for line in lines if line.startswith("emitted "))
+    assert emitted.endswith("(alike)"), emitted  # the bound without a store decides as replay

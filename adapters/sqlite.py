@@ -235,6 +235,15 @@ def _events(
     return [EventRecord(*row) for row in db.execute(" UNION ".join(clauses), params)]
 
 
+def _mark_sent(db: sqlite3.Connection, sink: str, seq: int) -> None:
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL: this commit is not synced...
+    try:
+        db.execute("UPDATE sink_progress SET last_seq = ? WHERE sink = ? AND last_seq < ?",
+                   (seq, sink, seq))
+    finally:
+        db.execute("PRAGMA synchronous=FULL")  # ...every batch commit is
+
+
 def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
     """BEGIN IMMEDIATE ... COMMIT; rolled back on any failure, the commit's own included, so
     that the connection is never left inside a transaction."""
@@ -416,10 +425,13 @@ class Store:
         return [OutboxRow(*row) for row in rows]
 
     async def mark_sent(self, sink: str, seq: int) -> None:
-        await self._statement(
-            "UPDATE sink_progress SET last_seq = ? WHERE sink = ? AND last_seq < ?",
-            (seq, sink, seq),
-        )
+        """A sink's progress, written without an fsync of its own (one per relayed chunk, each
+        holding the store lock that the next batch waits for). It becomes durable with the
+        next batch commit, whose fsync covers every earlier WAL frame, or the next checkpoint.
+        A killed process loses nothing (the frames are with the OS); a power loss before then
+        takes the mark back, and the relay repeats those rows, as after a crash between send
+        and mark."""
+        await self._run(lambda db: _mark_sent(db, sink, seq))
 
     async def outbox_end(self) -> int:
         """The newest outbox row's sequence number. Asked before every batch (is a sink too

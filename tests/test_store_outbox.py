@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from gateway.decide import batch_keys, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.ports import OutboxRow
 from tests import helpers as h
+from tests.conftest import ROOT
 
 
 async def commit_new_events(store: Store, count: int) -> None:
@@ -156,3 +160,45 @@ def test_pairing_windows_close_in_chunks_each_event_once(
     assert closed == {"both": 0, "only_2_2": 0, "only_3_0": 7}
     assert again == {"both": 0, "only_2_2": 0, "only_3_0": 0}
     assert still_open == 0
+
+
+KILLED_AFTER_MARK = """
+import asyncio, os, signal, sys
+from adapters.sqlite import Store
+
+async def main() -> None:
+    store = await Store.open(sys.argv[1])
+    await store.register_sink("s", 0)
+    await store.mark_sent("s", 7)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint
+
+asyncio.run(main())
+"""
+
+
+def test_a_sinks_mark_survives_a_killed_process(tmp_path: Path) -> None:
+    """A mark is written without an fsync of its own, but it is written: a process killed
+    right after it loses nothing (only a power loss could, and then the rows are repeated)."""
+    path = tmp_path / "g.db"
+    done = subprocess.run([sys.executable, "-c", KILLED_AFTER_MARK, str(path)], cwd=ROOT,
+                          check=False, capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+    async def progress() -> int | None:
+        async with await Store.open(path) as store:
+            return await store.sink_progress("s")
+
+    assert asyncio.run(progress()) == 7
+
+
+def test_marks_leave_batch_commits_fully_synchronous(tmp_path: Path) -> None:
+    async def scenario() -> list[int]:
+        async with await Store.open(tmp_path / "g.db") as store:
+            await store.register_sink("s", 0)
+            await commit_new_events(store, 3)
+            await store.mark_sent("s", 3)
+            levels = [row[0] for row in await store._query("PRAGMA synchronous")]
+            await commit_new_events(store, 2)  # the mark is durable with this commit
+            return levels
+
+    assert asyncio.run(scenario()) == [2]  # FULL: every batch commit is fsynced

@@ -9,6 +9,8 @@ the commit of its outcome (after which it is acknowledged). Prints the achieved 
 and p99 (interpolated within the histogram's buckets, as Prometheus's histogram_quantile does)
 and the share of messages committed within 50 ms. Exit 1 when p99 is 50 ms or more.
 `--busy-cores N` runs N CPU-bound processes alongside, as on a machine with other work.
+`--slow-fsync-ms M` makes every fsync of the gateway's process M ms longer, as on network
+storage (bench/slowsync.c, built with the machine's C compiler and loaded with LD_PRELOAD).
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ def quantile(q: float, cumulative: list[tuple[float, float]]) -> float:
     return float("nan")
 
 
+def slow_sync_library(workdir: Path) -> Path:
+    """bench/slowsync.c, compiled into `workdir`."""
+    library = workdir / "slowsync.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(library),
+                    str(ROOT / "bench" / "slowsync.c"), "-ldl"], check=True)
+    return library
+
+
 async def campaign(args: argparse.Namespace, workdir: Path) -> int:
     messages = int(args.rate * args.seconds)
     sim = simulate(int(messages / 6.7) + 1, args.seed, bad_share=0.03, scenarios=False)
@@ -94,6 +104,9 @@ async def campaign(args: argparse.Namespace, workdir: Path) -> int:
                             f"batch_size = 200\nbatch_wait_ms = {args.batch_wait_ms}")
     config.write_text(toml)
     env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
+    if args.slow_fsync_ms:
+        env |= {"LD_PRELOAD": str(slow_sync_library(workdir)),
+                "SLOWSYNC_US": str(round(args.slow_fsync_ms * 1000))}
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",  # noqa: ASYNC220 - started once
                                 "--config", str(config)], cwd=ROOT, env=env)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])  # noqa: ASYNC220 - started once
@@ -134,6 +147,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--busy-cores", type=int, default=0, help="CPU-bound processes to run "
                         "alongside, as on a machine with other work (default: none)")
+    parser.add_argument("--slow-fsync-ms", type=float, default=0.0, help="make each fsync of "
+                        "the gateway this much slower, as on network storage (default: 0)")
     parser.add_argument("--batch-wait-ms", type=int, help="store.batch_wait_ms (default: the "
                         "gateway's own)")
     args = parser.parse_args()

@@ -32,6 +32,17 @@ def test_latency_script_reads_the_gateways_histogram() -> None:
     assert float(lines["p99"].split()[0]) > 0
 
 
+def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/latency.py", "--rate", "200", "--seconds", "2",
+         "--slow-fsync-ms", "30"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    print(result.stdout, result.stderr)
+    lines = {line[:20].strip(): line[20:].strip() for line in result.stdout.splitlines()}
+    # every commit waits 30 ms for its fsync, so no message is committed sooner
+    assert float(lines["p50"].split()[0]) >= 30
+
+
 def test_compare_script_runs_both_trees_by_turns(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "bench/compare.py", "HEAD", "--runs", "2", "--messages", "700",

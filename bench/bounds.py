@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 from adapters.files import list_inputs, prepared_batches  # noqa: E402
 from bench.replay import parse_only, simulated_inbox  # noqa: E402
 from gateway import canonical  # noqa: E402
-from gateway.cli import DEFAULT_BATCH, PARALLEL_FROM, run_replay  # noqa: E402
+from gateway.cli import DEFAULT_BATCH, parse_workers, run_replay  # noqa: E402
 from gateway.correlate import CorrelationState  # noqa: E402
-from gateway.decide import decide_batch  # noqa: E402
+from gateway.decide import Prepared, decide_batch  # noqa: E402
 from gateway.envelope import DEFAULT_MAX_BYTES  # noqa: E402
 from gateway.model import Outcome  # noqa: E402
 
@@ -52,14 +53,14 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def workers(files: list[str]) -> int:
-    """As many parse workers as replay would start for these files."""
-    return 1 if len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1 else 0
+def batches(files: list[str]) -> AsyncIterator[list[Prepared]]:
+    """The files read and parsed as `aes-gateway replay` reads and parses them."""
+    return prepared_batches(files, DEFAULT_BATCH, DEFAULT_MAX_BYTES, parse_workers(len(files)))
 
 
 async def parse_side(files: list[str]) -> int:
     count = 0
-    async for batch in prepared_batches(files, DEFAULT_BATCH, DEFAULT_MAX_BYTES, workers(files)):
+    async for batch in batches(files):
         count += len(batch)
     return count
 
@@ -68,7 +69,7 @@ async def no_store(files: list[str]) -> int:
     """Decided as replay decides, against one state that holds everything seen. Returns how
     many messages it emitted as new events."""
     state, emitted = CorrelationState(), 0
-    async for batch in prepared_batches(files, DEFAULT_BATCH, DEFAULT_MAX_BYTES, workers(files)):
+    async for batch in batches(files):
         results, effects = decide_batch(batch, state, 120)
         for event in effects.output:
             canonical.encode(event)

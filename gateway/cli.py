@@ -170,6 +170,12 @@ class _ProgressBar:
             sys.stderr.write("\n")
 
 
+def parse_workers(files: int) -> int:
+    """Parse worker processes for a replay of this many files: one once there is more than a
+    moment's work and a second core to do it on."""
+    return 1 if files >= PARALLEL_FROM and (os.cpu_count() or 1) > 1 else 0
+
+
 async def run_replay(
     inputs: Sequence[Path], store_path: Path, output: str, batch_size: int = DEFAULT_BATCH,
     tolerance_s: int = 120, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
@@ -185,8 +191,8 @@ async def run_replay(
         sink.open(truncate=await store.sink_progress(sink.name) is None)
         bar = _ProgressBar(len(files))
         try:
-            if workers is None:  # a worker pays off once there is more than a moment's work
-                workers = 1 if len(files) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1 else 0
+            if workers is None:
+                workers = parse_workers(len(files))
             batches = prepared_batches(files, batch_size, max_bytes, workers)
             metrics = Metrics(CollectorRegistry()) if metrics_path else None
             tally = await replay(batches, store, sink, tolerance_s, bar, metrics, pair_window_s,

@@ -9,11 +9,15 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
+def bench(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`bench/<script>` with `args`, as one would run it from the repository root."""
+    return subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def test_scale_script_decides_alike_with_and_without_a_big_store(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/scale.py", "--events", "20000", "--messages", "2000",
-         "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    result = bench("scale.py", "--events", "20000", "--messages", "2000",
+                   "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = {line[:22].strip(): line[22:].strip() for line in result.stdout.splitlines()}
     assert lines["full-store decisions"] == "equal the prefill-only store"
@@ -23,9 +27,7 @@ def test_scale_script_decides_alike_with_and_without_a_big_store(tmp_path: Path)
 
 
 def test_latency_script_reads_the_gateways_histogram() -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/latency.py", "--rate", "200", "--seconds", "3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    result = bench("latency.py", "--rate", "200", "--seconds", "3", timeout=300)
     print(result.stdout)
     lines = {line[:20].strip(): line[20:].strip() for line in result.stdout.splitlines()}
     assert lines["messages"].startswith("600 (histogram counted 600)")
@@ -33,10 +35,8 @@ def test_latency_script_reads_the_gateways_histogram() -> None:
 
 
 def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/latency.py", "--rate", "200", "--seconds", "2",
-         "--slow-fsync-ms", "30"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    result = bench("latency.py", "--rate", "200", "--seconds", "2", "--slow-fsync-ms", "30",
+                   timeout=300)
     print(result.stdout, result.stderr)
     lines = {line[:20].strip(): line[20:].strip() for line in result.stdout.splitlines()}
     # every commit waits 30 ms for its fsync, so no message is committed sooner
@@ -44,10 +44,8 @@ def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:
 
 
 def test_compare_script_runs_both_trees_by_turns(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/compare.py", "HEAD", "--runs", "2", "--messages", "700",
-         "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    result = bench("compare.py", "HEAD", "--runs", "2", "--messages", "700",
+                   "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     runs = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("run ")]
     assert runs == ["HEAD", "this", "HEAD", "this"]  # by turns
@@ -57,9 +55,7 @@ def test_compare_script_runs_both_trees_by_turns(tmp_path: Path) -> None:
 
 
 def test_publish_script_times_the_sink_next_to_aio_pika() -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/publish.py", "--messages", "200"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    result = bench("publish.py", "--messages", "200", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     names = [line[:22].strip() for line in result.stdout.splitlines()]
     assert names == ["aio-pika publish", "gateway AMQP sink"] * 2  # by turns
@@ -67,10 +63,7 @@ def test_publish_script_times_the_sink_next_to_aio_pika() -> None:
 
 
 def test_bounds_script_runs_every_mode_by_turns_and_decides_alike(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "bench/bounds.py", "--rounds", "2", "--messages", "700",
-         "--workdir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    result = bench("bounds.py", "--rounds", "2", "--messages", "700", "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     modes = [line[9:19].strip() for line in lines if line.startswith("round ")]

@@ -38,7 +38,7 @@ from adapters.files import list_inputs, prepared_batches  # noqa: E402
 from bench.replay import parse_only, simulated_inbox  # noqa: E402
 from gateway import canonical  # noqa: E402
 from gateway.cli import DEFAULT_BATCH, parse_workers, run_replay  # noqa: E402
-from gateway.correlate import CorrelationState  # noqa: E402
+from gateway.correlate import DEFAULT_TOLERANCE_S, CorrelationState  # noqa: E402
 from gateway.decide import Prepared, decide_batch  # noqa: E402
 from gateway.envelope import DEFAULT_MAX_BYTES  # noqa: E402
 from gateway.model import Outcome  # noqa: E402
@@ -70,7 +70,7 @@ async def no_store(files: list[str]) -> int:
     many messages it emitted as new events."""
     state, emitted = CorrelationState(), 0
     async for batch in batches(files):
-        results, effects = decide_batch(batch, state, 120)
+        results, effects = decide_batch(batch, state, DEFAULT_TOLERANCE_S)
         for event in effects.output:
             canonical.encode(event)
         emitted += sum(result.outcome is Outcome.EMITTED for result in results)

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.correlate import CorrelationState  # noqa: E402 - after the path is set
+from gateway.correlate import DEFAULT_TOLERANCE_S, CorrelationState  # noqa: E402 - after the path is set
 from gateway.decide import decide_batch, prepare  # noqa: E402
 from gateway.envelope import EnvelopeReader  # noqa: E402
 from tests import helpers as h  # noqa: E402
@@ -46,7 +46,7 @@ slowest = [0.0]
 def decide(body: bytes) -> None:
     started = time.perf_counter()
     item = prepare(h.raw(body), READER)
-    (result,), _ = decide_batch([item], CorrelationState(), 120)
+    (result,), _ = decide_batch([item], CorrelationState(), DEFAULT_TOLERANCE_S)
     slowest[0] = max(slowest[0], time.perf_counter() - started)
     outcomes[result.reason.value if result.reason else result.outcome.value] += 1
 

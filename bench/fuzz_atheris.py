@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["gateway"]):
-    from gateway.correlate import CorrelationState
+    from gateway.correlate import DEFAULT_TOLERANCE_S, CorrelationState
     from gateway.decide import decide_batch, prepare
     from gateway.envelope import EnvelopeReader
     from gateway.model import RawMessage
@@ -33,7 +33,7 @@ AT = dt.datetime(2022, 3, 1, 9, 20, tzinfo=dt.UTC)
 
 def one_input(data: bytes) -> None:
     item = prepare(RawMessage(data, "fuzz", AT), READER)
-    (result,), _ = decide_batch([item], CorrelationState(), 120)
+    (result,), _ = decide_batch([item], CorrelationState(), DEFAULT_TOLERANCE_S)
     if result.outcome is None:  # every input must have an outcome
         raise AssertionError("no outcome")
 

@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
 from adapters.sqlite import Store, StoreError
 from gateway import canonical, config, logs, report
+from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS, DEFAULT_TOLERANCE_S
 from gateway.envelope import DEFAULT_MAX_BYTES
 from gateway.metrics import Metrics
-from gateway.replay import replay
+from gateway.replay import DEFAULT_PAIR_WINDOW_S, replay
 from gateway.simulate import simulate
 
 DEFAULT_BATCH = 8000  # a commit writes every page its batch touched: bigger batches share pages
@@ -40,11 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="-", help="JSON Lines output, '-' for stdout")
     p.add_argument("--summary", help="write the summary JSON here ('-' for stdout)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--tolerance", type=int, default=120, help="match tolerance in seconds")
+    p.add_argument("--tolerance", type=int, default=DEFAULT_TOLERANCE_S,
+                   help="match tolerance in seconds")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
     p.add_argument("--workers", type=int, help="parsing processes (default: 1 for large inputs)")
     p.add_argument("--metrics", help="write the final metrics here (Prometheus text format)")
-    p.add_argument("--pair-window-hours", type=float, default=72.0,
+    p.add_argument("--pair-window-hours", type=float, default=DEFAULT_PAIR_WINDOW_HOURS,
                    help="how long an event waits for its twin before its pair outcome counts")
     p.add_argument("--close-windows", action="store_true",
                    help="at the end, judge every event as if its pairing window had passed")
@@ -178,8 +180,9 @@ def parse_workers(files: int) -> int:
 
 async def run_replay(
     inputs: Sequence[Path], store_path: Path, output: str, batch_size: int = DEFAULT_BATCH,
-    tolerance_s: int = 120, max_bytes: int = DEFAULT_MAX_BYTES, workers: int | None = None,
-    metrics_path: str | None = None, pair_window_s: int = 72 * 3600, close_windows: bool = False,
+    tolerance_s: int = DEFAULT_TOLERANCE_S, max_bytes: int = DEFAULT_MAX_BYTES,
+    workers: int | None = None, metrics_path: str | None = None,
+    pair_window_s: int = DEFAULT_PAIR_WINDOW_S, close_windows: bool = False,
 ) -> dict[str, object]:
     """Replay files into the store at `store_path`; returns the summary."""
     if batch_size < 1:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS, DEFAULT_TOLERANCE_S
 from gateway.envelope import DEFAULT_MAX_BYTES
 from gateway.formats import DEFAULT_BESKEDTYPES
 from gateway.model import Version
@@ -109,8 +110,8 @@ class StoreConfig(Strict):
 
 
 class MatchingConfig(Strict):
-    tolerance_seconds: int = 120
-    pair_window_hours: float = 72.0  # how long an event waits for its twin (pair outcomes)
+    tolerance_seconds: int = DEFAULT_TOLERANCE_S
+    pair_window_hours: float = DEFAULT_PAIR_WINDOW_HOURS
     max_message_bytes: int = DEFAULT_MAX_BYTES
     beskedtypes: dict[str, Version] = msgspec.field(
         default_factory=lambda: dict(DEFAULT_BESKEDTYPES)

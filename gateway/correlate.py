@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Final
 
 import msgspec
 
@@ -22,6 +23,10 @@ from gateway.model import (
     ParsedEvent,
     Version,
 )
+
+# The matching defaults (spec part 6), in one place: configuration, CLI and replay read them.
+DEFAULT_TOLERANCE_S: Final = 120  # twins' occurred_at at most this far apart
+DEFAULT_PAIR_WINDOW_HOURS: Final = 72.0  # how long an event waits for its twin (pair outcomes)
 
 VERSION_BITS = {Version.V2_2: 1, Version.V3_0: 2}
 BOTH_VERSIONS = 3
@@ -150,7 +155,9 @@ def _times(occurred_at: int, alt: int | None) -> tuple[int, ...]:
 class Correlator:
     """Decides each valid message against the state: new event, or which event it repeats."""
 
-    def __init__(self, state: CorrelationState, effects: Effects, tolerance_s: int = 120) -> None:
+    def __init__(
+        self, state: CorrelationState, effects: Effects, tolerance_s: int = DEFAULT_TOLERANCE_S
+    ) -> None:
         self.state = state
         self.effects = effects
         self.tolerance_s = tolerance_s

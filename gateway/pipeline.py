@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from gateway.correlate import DEFAULT_TOLERANCE_S
 from gateway.decide import Prepared, Result, batch_keys, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Outcome
@@ -28,7 +29,7 @@ class Pipeline:
         self,
         store: Store,
         reader: EnvelopeReader | None = None,
-        tolerance_s: int = 120,
+        tolerance_s: int = DEFAULT_TOLERANCE_S,
         hooks: Sequence[ResultHook] = (),
         parse_pool: ParsePool | None = None,
     ) -> None:

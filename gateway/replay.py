@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Callable, Sequence
 
+from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS, DEFAULT_TOLERANCE_S
 from gateway.decide import Prepared
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, Relay, ResultHook
@@ -11,14 +12,14 @@ from gateway.ports import Sink, Store
 from gateway.tally import Tally
 
 Progress = Callable[[int], None]
-DEFAULT_PAIR_WINDOW_S = 72 * 3600
+DEFAULT_PAIR_WINDOW_S = int(DEFAULT_PAIR_WINDOW_HOURS * 3600)
 
 
 async def replay(
     batches: AsyncIterable[Sequence[Prepared]],
     store: Store,
     sink: Sink,
-    tolerance_s: int = 120,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
     progress: Progress | None = None,
     metrics: Metrics | None = None,
     pair_window_s: int = DEFAULT_PAIR_WINDOW_S,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -17,6 +18,34 @@ from gateway.config import MqttSink as MqttConfig
 from gateway.ports import OutboxRow
 
 log = logging.getLogger("aes_gateway.mqtt")
+T = TypeVar("T")
+
+
+def disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
+    """Done when the client's connection ends: an exception if the broker went away.
+
+    aiomqtt keeps this future private, and has no public way to learn of a lost connection
+    while publishing: a QoS 1 publish waits for its PUBACK until the client's timeout (10 s)
+    even when the connection is already gone. It is read here, and only here; the version is
+    pinned, and tests/test_mqtt_disconnect.py fails if it changes."""
+    return client._disconnected
+
+
+async def unless_disconnected(client: aiomqtt.Client, work: asyncio.Future[T]) -> T:
+    """`work`'s result, or MqttError as soon as the client's connection is lost."""
+    lost = disconnected(client)
+    try:
+        await asyncio.wait((work, lost), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():  # the connection is lost, or this task is cancelled
+            work.cancel()
+            await asyncio.wait((work,))  # no publish left waiting behind
+        if not work.cancelled():
+            work.exception()  # retrieved here, raised below (or the loss raised in its place)
+    if lost.done() and (work.cancelled() or work.exception() is not None):
+        reason = None if lost.cancelled() else lost.exception()
+        raise aiomqtt.MqttError("the connection to the broker was lost") from reason
+    return work.result()  # every PUBACK came; or the publishes' own error (a timeout)
 
 
 def topic(prefix: str, row: OutboxRow) -> str:
@@ -71,11 +100,11 @@ class MqttSink:
         """QoS 1: returns when the broker has acknowledged every row (PUBACK)."""
         try:
             client = await self._connect()
-            await asyncio.gather(*(
+            await unless_disconnected(client, asyncio.gather(*(
                 client.publish(topic(self.config.topic_prefix, row), row.body, qos=1,
                                retain=False, properties=self._properties(row))
                 for row in rows
-            ))
+            )))
         except aiomqtt.MqttError:
             await self.close()  # reconnect on the next try; the relay backs off
             raise
@@ -83,6 +112,10 @@ class MqttSink:
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
+            lost = disconnected(client)
+            if lost.done() and not lost.cancelled() and lost.exception() is not None:
+                log.warning("MQTT connection lost: %s", lost.exception(),
+                            extra={"sink": self.name})
             try:
                 await client.__aexit__(None, None, None)
             except aiomqtt.MqttError:

@@ -13,6 +13,9 @@ into the publishing and lasts until the publishing is over, so the backlog build
   mosquitto-restart   Mosquitto stopped (SIGTERM) and started again: the MQTT sink goes
   disk-full           the store's file system (a 64 MiB tmpfs) filled to the last byte, then freed
   stalled-sink        Mosquitto frozen with SIGSTOP (connections open, nothing answered), SIGCONT
+  mosquitto-crash     Mosquitto frozen for 0.5 s with the sink's publishes unanswered, then killed
+                      (SIGKILL) and started again at once, mid-stream: the sink must notice the
+                      lost connection, not wait out its publish timeout (10 s)
 
 Columns: messages published; events expected (the simulator's answer key: emitted events and
 case links); distinct event ids seen on each sink; lost (expected ids never seen on a sink, the
@@ -54,7 +57,8 @@ from tests.mosquitto import Collector, Mosquitto, free_port  # noqa: E402
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 TOPIC_PREFIX = "chaos/case-events"
-FAULTS = ("sigkill", "rabbitmq-restart", "mosquitto-restart", "disk-full", "stalled-sink")
+FAULTS = ("sigkill", "rabbitmq-restart", "mosquitto-restart", "disk-full", "stalled-sink",
+          "mosquitto-crash")
 
 
 @dataclass
@@ -223,6 +227,16 @@ max_backlog = 2000
             row.notes.append(f"{held} messages held in the mailboxes while full")
             await asyncio.to_thread(filler.unlink)
             fault_over()
+        elif name == "mosquitto-crash":
+            await asyncio.sleep(2.0)  # mid-stream
+            assert mosquitto.proc is not None  # noqa: S101 - started above
+            mosquitto.proc.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(0.5)
+            mosquitto.proc.kill()
+            await asyncio.to_thread(mosquitto.proc.wait)
+            mosquitto.proc = None
+            await asyncio.to_thread(mosquitto.start)
+            fault_over()
         elif name == "stalled-sink":
             assert mosquitto.proc is not None  # noqa: S101 - started above
             mosquitto.proc.send_signal(signal.SIGSTOP)
@@ -261,6 +275,8 @@ max_backlog = 2000
         gateway.kill(signal.SIGTERM)
         for task in collectors:
             task.cancel()
+        # let them unsubscribe and close before the row's Mosquitto goes away
+        await asyncio.gather(*collectors, return_exceptions=True)
     amqp_list = amqp.ids
     mqtt_list = [json.loads(m.payload)["event_id"] for m in mqtt.messages]  # type: ignore[arg-type]
     row.out_amqp, row.out_mqtt = len(set(amqp_list)), len(set(mqtt_list))

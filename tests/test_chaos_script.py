@@ -22,7 +22,7 @@ def test_every_fault_row_loses_nothing_and_recovers(tmp_path: Path) -> None:
         result.stderr[-3000:])
     rows = {row["fault"]: row for row in json.loads(table.read_text())}
     assert set(rows) == {"sigkill", "rabbitmq-restart", "mosquitto-restart", "disk-full",
-                         "stalled-sink"}
+                         "stalled-sink", "mosquitto-crash"}
     for row in rows.values():
         if row["fault"] == "disk-full" and row["messages"] == 0:
             continue  # no tmpfs can be mounted here (not root): the disk-full test says so

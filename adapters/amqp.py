@@ -212,22 +212,26 @@ class AmqpSink:
         self._connection: AbstractRobustConnection | None = None
         self._declared_on: AbstractChannel | None = None  # held: aio-pika keeps it weakly
         self._channel: aiormq.abc.AbstractChannel | None = None
+        # The events' and the quarantine's relays open it at once: one connection, one channel.
+        self._opening = asyncio.Lock()
 
     async def _open(self) -> aiormq.abc.AbstractChannel:
-        if self._channel is None:
-            if self._connection is None:
-                self._connection = await self.connect()
-            channel = await self._connection.channel(publisher_confirms=True)
-            await channel.declare_exchange(
-                self.config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-            if self.config.quarantine_exchange:
+        async with self._opening:
+            if self._channel is None:
+                if self._connection is None:
+                    self._connection = await self.connect()
+                channel = await self._connection.channel(publisher_confirms=True)
                 await channel.declare_exchange(
-                    self.config.quarantine_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                    self.config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
-            self._declared_on = channel
-            self._channel = await channel.get_underlay_channel()
-        return self._channel
+                if self.config.quarantine_exchange:
+                    await channel.declare_exchange(
+                        self.config.quarantine_exchange, aio_pika.ExchangeType.TOPIC,
+                        durable=True,
+                    )
+                self._declared_on = channel
+                self._channel = await channel.get_underlay_channel()
+            return self._channel
 
     async def send(self, rows: Sequence[OutboxRow]) -> None:
         await self._publish(self.config.exchange, [

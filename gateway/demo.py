@@ -10,10 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS
+
 
 def _table(summary: dict[str, object]) -> str:
-    overlap = summary["overlap"]
+    overlap, pairs = summary["overlap"], summary["pair_outcomes"]
+    by_reason = summary["quarantined_by_reason"]
     assert isinstance(overlap, dict)  # noqa: S101 - shape of our own summary
+    assert isinstance(pairs, dict)  # noqa: S101
+    assert isinstance(by_reason, dict)  # noqa: S101
     events = sum(overlap.values()) or 1
     lines = [
         "Version overlap (AES case events)",
@@ -23,6 +28,11 @@ def _table(summary: dict[str, object]) -> str:
         f"({100 * overlap['only_2_2'] / events:.1f} %)",
         f"  only in 3.0              : {overlap['only_3_0']:6d}  "
         f"({100 * overlap['only_3_0'] / events:.1f} %)",
+        f"Pairing windows closed ({DEFAULT_PAIR_WINDOW_HOURS:g} h): "
+        "did the other version come in time?",
+        f"  twin within the window   : {pairs.get('both', 0):6d}",
+        f"  only 2.2 came            : {pairs.get('only_2_2', 0):6d}",
+        f"  only 3.0 came            : {pairs.get('only_3_0', 0):6d}",
         "Messages",
         f"  received                 : {summary['messages']:6d}",
         f"  emitted as new events    : {summary['emitted']:6d}",
@@ -31,10 +41,7 @@ def _table(summary: dict[str, object]) -> str:
         f"  case links learned       : {summary['case_links']:6d}",
         f"  CPR conflicts            : {summary['conflicts']:6d}",
         f"  quarantined              : {summary['quarantined']:6d}",
-        f"Pair outcomes (72 h window): {summary['pair_outcomes']}",
     ]
-    by_reason = summary["quarantined_by_reason"]
-    assert isinstance(by_reason, dict)  # noqa: S101
     lines += [f"    {reason:<26}: {count:4d}" for reason, count in by_reason.items()]
     return "\n".join(lines)
 

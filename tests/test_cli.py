@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import run_cli
 
@@ -61,3 +63,28 @@ def test_purge_command_reports_what_it_deleted(tmp_path: Path) -> None:
     run_cli("replay", str(FIXTURES), "--store", store, "--output", str(tmp_path / "o"))
     deleted = json.loads(run_cli("purge", "--store", store, "--retention-days", "400").stdout)
     assert deleted == {"events": 0, "messages": 0, "quarantine": 0, "links": 0, "outbox": 2}
+
+
+def test_demo_reports_the_overlap_and_each_reason_under_the_quarantine(tmp_path: Path) -> None:
+    """`make demo`'s report, from the demo's own files: the figures are the replay's, and every
+    quarantine reason is listed right under the quarantined count, adding up to it."""
+    result = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--cases", "80")
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "Matches the simulator's answer key: yes"
+    summary = _summary_of(tmp_path / "demo")
+    overlap = lines.index("Version overlap (AES case events)")
+    assert [int(line.split(":")[1].split()[0]) for line in lines[overlap + 1 : overlap + 4]] == [
+        summary["overlap"]["both"], summary["overlap"]["only_2_2"], summary["overlap"]["only_3_0"]]
+    quarantined = next(i for i, line in enumerate(lines) if line.startswith("  quarantined "))
+    under = itertools.takewhile(lambda line: line.startswith("    "), lines[quarantined + 1 :])
+    reasons = {line.split(":")[0].strip(): int(line.split(":")[1]) for line in under}
+    assert reasons == summary["quarantined_by_reason"]
+    assert sum(reasons.values()) == int(lines[quarantined].split(":")[1]) > 0
+
+
+def _summary_of(workdir: Path) -> dict[str, Any]:
+    """The summary of the demo's store and input, as `replay --summary` writes it."""
+    out = workdir / "again"
+    run_cli("replay", str(workdir / "in"), "--close-windows", "--output", str(out / "c.jsonl"),
+            "--summary", str(out / "summary.json"))
+    return dict(json.loads((out / "summary.json").read_text()))

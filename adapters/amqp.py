@@ -88,7 +88,6 @@ class AmqpSource:
         self.intake = intake
         self.connect = connect
         self.name = f"amqp:{config.queue}"
-        self.connected = False
         self.last_message_at: float | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -110,9 +109,18 @@ class AmqpSource:
         # consumers: a passive declare, so a missing mailbox is an error, never created.
         self._queue = await self._channel.declare_queue(self.config.queue, passive=True)
         self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
-        self.connected = True
         log.info("consuming", extra={"source": self.name})
         return True
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker delivers to this source now: false while the connection is down
+        and while the mailbox is gone (the broker cancels the consumer of a deleted queue).
+        aio-pika restores both by itself: the connection, then the consumer once the queue
+        exists again."""
+        if self._channel is None or self._consumer_tag is None:
+            return False
+        return consuming(self._channel, self._consumer_tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self.last_message_at = asyncio.get_running_loop().time()
@@ -133,7 +141,7 @@ class AmqpSource:
             self._consumer_tag = None
 
     async def close(self) -> None:
-        self.connected = False
+        self._consumer_tag = None
         if self._connection is not None:
             await self._connection.close()
 
@@ -180,6 +188,18 @@ class AmqpSource:
         # The channel that delivered these is gone: the broker hands them back when it notices.
         log.warning("%s lost (%r); the broker will redeliver", what, exc,
                     extra={"source": self.name})
+
+
+def consuming(channel: AbstractChannel, consumer_tag: str) -> bool:
+    """Whether `consumer_tag` consumes on the channel's current AMQP channel.
+
+    aio-pika hands out that channel only by awaiting (and the wait lasts as long as an
+    outage), while readiness is asked synchronously; so this reads the one aio-pika holds,
+    a private attribute. `tests/test_amqp_ready.py` pins it."""
+    if channel.is_closed:
+        return False
+    underlay = getattr(channel, "_channel", None)
+    return underlay is not None and consumer_tag in underlay.channel.consumers
 
 
 def _by_channel(deliveries: Sequence[Delivery]) -> dict[int, list[AbstractIncomingMessage]]:

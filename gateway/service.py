@@ -17,8 +17,10 @@ log = logging.getLogger("aes_gateway.service")
 
 class Source(Protocol):
     name: str
-    connected: bool
     last_message_at: float | None
+
+    @property
+    def connected(self) -> bool: ...
 
     async def start(self, stop: asyncio.Event) -> bool: ...
 

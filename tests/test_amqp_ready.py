@@ -1,0 +1,103 @@
+"""`/readyz` tells the truth about AMQP sources: not ready while the broker is down or a mailbox
+is gone, ready again once aio-pika has restored the consumer by itself.
+
+Until stop 15 a source counted as connected from its first connection on, so `/readyz`
+answered 200 through a broker outage and after a mailbox was deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+import aiohttp
+
+from adapters.runtime import run
+from gateway import config as cfg
+from gateway.simulate import simulate
+from tests import brokers
+from tests.mosquitto import free_port
+
+Readiness = tuple[int, list[bool]]  # status, and `connected` of the 2.2 and 3.0 mailboxes
+
+
+async def readiness(http: int, topo: brokers.Topology) -> Readiness:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{http}/readyz") as response:
+        sources = (await response.json())["sources"]
+        return response.status, [sources[f"amqp:{queue}"] for queue in (topo.q22, topo.q30)]
+
+
+async def settled(
+    http: int, topo: brokers.Topology, until: Callable[[Readiness], bool], seconds: float
+) -> Readiness:
+    """The readiness once `until` holds, or the last one seen after `seconds`."""
+    seen = await readiness(http, topo)
+    for _ in range(int(seconds / 0.1)):
+        if until(seen):
+            break
+        await asyncio.sleep(0.1)
+        seen = await readiness(http, topo)
+    return seen
+
+
+def rabbitmqctl(command: str) -> Callable[[], Awaitable[object]]:
+    return lambda: asyncio.to_thread(subprocess.run, ["rabbitmqctl", command], check=True,
+                                     capture_output=True)
+
+
+def test_readyz_follows_the_broker_and_the_mailboxes() -> None:
+    sim = simulate(40, 7, bad_share=0.0, scenarios=False)
+    key = sim.answer_key()
+    expected = int(key["emitted"]) + int(key["case_links"])  # type: ignore[call-overload]
+    http = free_port()
+
+    async def scenario(store: str) -> dict[str, object]:
+        topo = await brokers.declare()
+        stop = asyncio.Event()
+        seen: dict[str, object] = {}
+        both_up = lambda r: r[0] == 200  # noqa: E731
+        try:
+            config = cfg.parse(brokers.config_toml(topo, store).replace(
+                'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{http}"'))
+            service = asyncio.create_task(run(config, stop=stop))
+            await asyncio.sleep(0.5)
+            seen["start"] = await settled(http, topo, both_up, 10)
+
+            await rabbitmqctl("stop_app")()
+            seen["broker down"] = await settled(http, topo, lambda r: r[0] == 503, 10)
+            await rabbitmqctl("start_app")()
+            await rabbitmqctl("await_startup")()
+            seen["broker back"] = await settled(http, topo, both_up, 30)
+
+            connection = await aio_pika.connect(brokers.AMQP_URL)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(topo.q22)
+                seen["mailbox deleted"] = await settled(http, topo, lambda r: r[0] == 503, 10)
+                await channel.declare_queue(topo.q22, durable=True)
+            seen["mailbox back"] = await settled(http, topo, both_up, 30)
+
+            await brokers.publish_simulated(topo, sim.messages)
+            for _ in range(300):
+                if await brokers.depth(topo.events_queue) >= expected:
+                    break
+                await asyncio.sleep(0.1)
+            stop.set()
+            await service
+            seen["events"] = await brokers.depth(topo.events_queue)
+        finally:
+            await brokers.delete(topo)
+        return seen
+
+    with tempfile.TemporaryDirectory() as tmp:
+        seen = asyncio.run(scenario(f"{tmp}/g.db"))
+    assert seen["start"] == (200, [True, True])
+    assert seen["broker down"] == (503, [False, False])
+    assert seen["broker back"] == (200, [True, True])
+    assert seen["mailbox deleted"] == (503, [False, True])
+    assert seen["mailbox back"] == (200, [True, True])
+    assert seen["events"] == expected, "the restored consumers took every message"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,11 +58,15 @@ async def connect_with_backoff(
             return await connect()
         except AMQP_ERRORS as exc:
             log.warning("cannot connect %s: %s; retrying in %.1f s", what, exc, backoff)
-            try:
-                await asyncio.wait_for(stop.wait(), backoff)
-            except TimeoutError:
-                backoff = min(backoff * 2, max_backoff_s)
+            await pause(stop, backoff)
+            backoff = min(backoff * 2, max_backoff_s)
     return None
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but no longer than until `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 class AmqpDelivery:
@@ -99,18 +104,36 @@ class AmqpSource:
         self._outstanding: dict[int, set[int]] = {}
         self._in_order = asyncio.Lock()  # FIFO: deliveries reach the intake in broker order
 
-    async def start(self, stop: asyncio.Event) -> bool:
+    async def start(self, stop: asyncio.Event, max_backoff_s: float = 30.0) -> bool:
+        """Connect and consume; until `stop`, retry a mailbox that does not exist (yet)."""
         self._connection = await connect_with_backoff(self.connect, self.name, stop)
         if self._connection is None:
             return False
-        self._channel = await self._connection.channel()
-        await self._channel.set_qos(prefetch_count=self.config.prefetch)
-        # A robust channel restores (after a reconnect) only the queues it declared, with their
-        # consumers: a passive declare, so a missing mailbox is an error, never created.
-        self._queue = await self._channel.declare_queue(self.config.queue, passive=True)
-        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
-        log.info("consuming", extra={"source": self.name})
-        return True
+        backoff = 0.5
+        while not stop.is_set():
+            channel = await self._connection.channel()
+            try:
+                await channel.set_qos(prefetch_count=self.config.prefetch)
+                # A robust channel restores (after a reconnect) only the queues it declared,
+                # with their consumers. The declare is passive: a mailbox is the
+                # Beskedfordeler's to create, never the gateway's.
+                queue = await channel.declare_queue(self.config.queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                log.warning("mailbox %s does not exist; retrying in %.1f s", self.config.queue,
+                            backoff, extra={"source": self.name})
+            except AMQP_ERRORS as exc:
+                log.warning("cannot open mailbox %s: %r; retrying in %.1f s", self.config.queue,
+                            exc, backoff, extra={"source": self.name})
+            else:
+                self._channel, self._queue = channel, queue
+                self._consumer_tag = await queue.consume(self._on_message, no_ack=False)
+                log.info("consuming", extra={"source": self.name})
+                return True
+            with contextlib.suppress(*AMQP_ERRORS, RuntimeError):
+                await channel.close()  # the broker closed it; aio-pika must not reopen it
+            await pause(stop, backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+        return False
 
     @property
     def connected(self) -> bool:
@@ -133,12 +156,16 @@ class AmqpSource:
             await self.intake.put(delivery)  # bounded: backpressure
 
     async def stop_consuming(self) -> None:
-        if self._queue is not None and self._consumer_tag is not None:
+        """Cancel the consumer. Not while the broker is away: aio-pika would wait for it to
+        come back (a SIGTERM during an outage never finished), and there is no consumer on
+        the broker to cancel."""
+        if self._queue is not None and self._consumer_tag is not None and self.connected:
             try:
-                await self._queue.cancel(self._consumer_tag)
+                async with asyncio.timeout(5):
+                    await self._queue.cancel(self._consumer_tag)
             except AMQP_ERRORS:
                 log.info("consumer already gone", extra={"source": self.name})
-            self._consumer_tag = None
+        self._consumer_tag = None
 
     async def close(self) -> None:
         self._consumer_tag = None

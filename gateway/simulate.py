@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from xml.sax.saxutils import escape
 
+from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS
 from gateway.formats import v22, v30
 from gateway.model import Reason, Version
 from gateway.normalize import DANISH_TIME, UTC
@@ -278,7 +279,18 @@ class Simulator:
 
     # --- the answer key ---------------------------------------------------------------------
 
-    def answer_key(self, pair_window_s: int = 72 * 3600) -> dict[str, object]:
+    def canonical_events(self) -> int:
+        """How many canonical events a gateway puts out for these messages: the new events
+        and the `case_linked` ones."""
+        key = self.answer_key()
+        emitted, links = key["emitted"], key["case_links"]
+        assert isinstance(emitted, int)  # noqa: S101 - counts
+        assert isinstance(links, int)  # noqa: S101
+        return emitted + links
+
+    def answer_key(
+        self, pair_window_s: int = int(DEFAULT_PAIR_WINDOW_HOURS * 3600)
+    ) -> dict[str, object]:
         expected = Expected()
         accepted: dict[int, set[Version]] = {}
         first_arrival: dict[int, tuple[Version, dt.datetime]] = {}

@@ -72,7 +72,20 @@ class Service:
         tasks = [asyncio.create_task(relay.run(), name=f"relay {relay.name}")
                  for relay in self.relays]
         batcher = asyncio.create_task(self._batches(), name="batcher")
-        starting = [asyncio.create_task(source.start(stop)) for source in self.sources]
+        failed: list[BaseException] = []
+
+        def started(task: asyncio.Task[bool]) -> None:
+            """A source that cannot start (a push port taken) stops the service: running on
+            without it would look healthy to everything but /readyz."""
+            if not task.cancelled() and (error := task.exception()) is not None:
+                log.error("%s could not start: %s", task.get_name(), error, exc_info=error)
+                failed.append(error)
+                stop.set()
+
+        starting = [asyncio.create_task(source.start(stop), name=source.name)
+                    for source in self.sources]
+        for task in starting:
+            task.add_done_callback(started)
         try:
             if until_idle is None:
                 await stop.wait()
@@ -82,6 +95,8 @@ class Service:
             for task in starting:
                 task.cancel()
             await self._shutdown(batcher, tasks)
+        if failed:
+            raise failed[0]
 
     async def _batches(self) -> None:
         while True:

@@ -123,7 +123,10 @@ class ParsePool:
     def _started(self, starting: asyncio.Future[list[int]]) -> None:
         if starting.cancelled():  # closed while starting
             return
-        if (error := starting.exception()) is not None:
+        error = starting.exception()
+        if isinstance(error, asyncio.CancelledError):  # the pool shut down while starting
+            return
+        if error is not None:
             log.warning("parse workers did not start; parsing in the event loop", exc_info=error)
             return
         self.worker_pids = starting.result()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,30 @@ def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("replay", str(FIXTURES), "--store", str(blocker / "s.db"), check=False)
     assert result.returncode == 2
     assert "cannot open store" in result.stderr
+
+
+def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path) -> None:
+    """A push port already taken: until stop 15 the gateway ran on without listening, and
+    logged nothing about it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.toml"
+        config.write_text(f"""
+[store]
+path = "{tmp_path / 'g.db'}"
+[[sources]]
+type = "push"
+listen = "127.0.0.1:{port}"
+[[sinks]]
+type = "jsonl"
+path = "{tmp_path / 'out.jsonl'}"
+""")
+        result = run_cli("run", "--config", str(config), "--until-idle", "5", check=False)
+    assert result.returncode == 2
+    assert "address already in use" in result.stderr
+    assert f"push:127.0.0.1:{port} could not start" in result.stderr  # the log line, too
 
 
 def test_simulate_writes_messages_and_an_answer_key(tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from adapters.tls import client_context
 from gateway.config import MqttSink as MqttConfig
@@ -19,6 +21,29 @@ from gateway.ports import OutboxRow
 
 log = logging.getLogger("aes_gateway.mqtt")
 T = TypeVar("T")
+
+
+class RefusalsKeptClient(aiomqtt.Client):
+    """An aiomqtt client that keeps the PUBACKs refusing a publish.
+
+    An MQTT 5 broker refuses a QoS 1 publish with a failure reason code in its PUBACK
+    (Mosquitto: "Not authorized" for a topic its ACL denies), and aiomqtt drops the code: the
+    publish returns as if delivered. The sink checks `refused` after each batch. (MQTT 3.1.1
+    has no such code: Mosquitto acknowledges a denied publish as if it were delivered.)
+    aiomqtt's PUBACK callback is private; it is overridden here, and only here, and
+    tests/test_mqtt_refused.py fails if it changes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: list[str] = []  # the reasons, since the sink last cleared it
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure:
+            self.refused.append(str(reason_code))
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
 def disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
@@ -48,6 +73,10 @@ async def unless_disconnected(client: aiomqtt.Client, work: asyncio.Future[T]) -
     return work.result()  # every PUBACK came; or the publishes' own error (a timeout)
 
 
+class RefusedError(Exception):
+    """The broker acknowledged a publish with a failure reason code."""
+
+
 def topic(prefix: str, row: OutboxRow) -> str:
     """`<topic_prefix>/<municipality_code>/<event_type>`; `unknown` for an unknown kommune."""
     return f"{prefix}/{row.municipality_code or 'unknown'}/{row.event_type}"
@@ -65,13 +94,13 @@ class MqttSink:
         self.tls = client_context(config.tls) if url.scheme == "mqtts" else None
         self.protocol = aiomqtt.ProtocolVersion.V5  # falls back to 3.1.1 if the broker says no
         self.identifier = f"aes-gateway-{uuid.uuid4().hex[:12]}"
-        self._client: aiomqtt.Client | None = None
+        self._client: RefusalsKeptClient | None = None
 
-    async def _connect(self) -> aiomqtt.Client:
+    async def _connect(self) -> RefusalsKeptClient:
         if self._client is not None:
             return self._client
         for protocol in (self.protocol, aiomqtt.ProtocolVersion.V311):
-            client = aiomqtt.Client(
+            client = RefusalsKeptClient(
                 self.host, self.port, username=self.username, password=self.password,
                 identifier=self.identifier, protocol=protocol, tls_context=self.tls,
                 max_inflight_messages=self.config.window, timeout=10,
@@ -100,6 +129,7 @@ class MqttSink:
         """QoS 1: returns when the broker has acknowledged every row (PUBACK)."""
         try:
             client = await self._connect()
+            client.refused.clear()
             await unless_disconnected(client, asyncio.gather(*(
                 client.publish(topic(self.config.topic_prefix, row), row.body, qos=1,
                                retain=False, properties=self._properties(row))
@@ -108,6 +138,9 @@ class MqttSink:
         except aiomqtt.MqttError:
             await self.close()  # reconnect on the next try; the relay backs off
             raise
+        if client.refused:  # not delivered: the relay keeps the rows and tries again
+            raise RefusedError(f"the broker refused {len(client.refused)} of {len(rows)} "
+                               f"events: {client.refused[0]}")
 
     async def close(self) -> None:
         client, self._client = self._client, None

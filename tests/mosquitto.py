@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import signal
 import socket
 import subprocess
 import time
@@ -20,7 +21,9 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, tls: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, tls: dict[str, str] | None = None, acl: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.tls = tls
@@ -33,6 +36,10 @@ class Mosquitto:
                 "max_inflight_messages 1000", "max_queued_messages 100000"]
         if tls:
             conf += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
+        self.acl = workdir / "acl"
+        if acl is not None:  # Mosquitto's acl_file: which topics anonymous clients may use
+            self.acl.write_text(acl)
+            conf.append(f"acl_file {self.acl}")
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text("\n".join(conf) + "\n")
 
@@ -46,6 +53,12 @@ class Mosquitto:
                 return
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
+
+    def reload(self, acl: str) -> None:
+        """A new ACL, read by Mosquitto on SIGHUP."""
+        assert self.proc is not None, "start() first"
+        self.acl.write_text(acl)
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -16,6 +16,11 @@ into the publishing and lasts until the publishing is over, so the backlog build
   mosquitto-crash     Mosquitto frozen for 0.5 s with the sink's publishes unanswered, then killed
                       (SIGKILL) and started again at once, mid-stream: the sink must notice the
                       lost connection, not wait out its publish timeout (10 s)
+  rabbitmq-alarm      the gateway frozen for 1 s (a backlog builds in the mailboxes), then a
+                      RabbitMQ memory alarm for 12 s (the high watermark set near 0, then back to
+                      what it was): every publisher blocks, so the AMQP sink hangs instead of
+                      failing while the gateway works off the backlog; /readyz must say so (the
+                      note gives what it answered)
 
 Columns: messages published; events expected (the simulator's answer key: emitted events and
 case links); distinct event ids seen on each sink; lost (expected ids never seen on a sink, the
@@ -46,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,7 +64,7 @@ from tests.mosquitto import Collector, Mosquitto, free_port  # noqa: E402
 CLI = [sys.executable, "-m", "gateway.cli"]
 TOPIC_PREFIX = "chaos/case-events"
 FAULTS = ("sigkill", "rabbitmq-restart", "mosquitto-restart", "disk-full", "stalled-sink",
-          "mosquitto-crash")
+          "mosquitto-crash", "rabbitmq-alarm")
 
 
 @dataclass
@@ -128,6 +134,18 @@ async def first_event_after(ended: float, count: Callable[[], int]) -> float:
     return round(time.monotonic() - ended, 2)
 
 
+def rabbitmqctl_output(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True,
+                          text=True).stdout.strip().splitlines()[-1]
+
+
+async def readiness(http: int) -> tuple[int, list[str]]:
+    """`/readyz`'s status and the sinks it names as stalled."""
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{http}/readyz") as response:
+        return response.status, list((await response.json())["sinks_stalled"])
+
+
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True)
 
@@ -163,14 +181,14 @@ async def _campaign(name: str, args: argparse.Namespace, row: Row, sim: Simulato
                     topo: brokers.Topology, mosquitto: Mosquitto, store_dir: Path,
                     workdir: Path) -> None:
     rng = random.Random(args.seed)
-    config = workdir / "gateway.toml"
+    config, http = workdir / "gateway.toml", free_port()
     config.write_text(brokers.config_toml(topo, str(store_dir / "gateway.db"), f"""
 [[sinks]]
 type = "mqtt"
 url = "mqtt://127.0.0.1:{mosquitto.port}"
 topic_prefix = "{TOPIC_PREFIX}"
 max_backlog = 2000
-""").replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{free_port()}"'))
+""").replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{http}"'))
     streams = brokers.streams(topo, sim.messages)
     mqtt, amqp = Collector(mosquitto.port, f"{TOPIC_PREFIX}/#"), AmqpCollector(topo.events_queue)
     collectors = [asyncio.create_task(mqtt.run()), asyncio.create_task(amqp.run())]
@@ -235,6 +253,21 @@ max_backlog = 2000
             await asyncio.to_thread(mosquitto.proc.wait)
             mosquitto.proc = None
             await asyncio.to_thread(mosquitto.start)
+            fault_over()
+        elif name == "rabbitmq-alarm":
+            watermark = await asyncio.to_thread(
+                rabbitmqctl_output, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+            assert gateway.proc is not None  # noqa: S101 - started above
+            gateway.proc.send_signal(signal.SIGSTOP)  # a backlog in the mailboxes to work off
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(rabbitmqctl, "set_vm_memory_high_watermark", "0.0000001")
+                gateway.proc.send_signal(signal.SIGCONT)
+                await asyncio.sleep(12.0)
+                status, stalled = await readiness(http)
+                row.notes.append(f"/readyz after 12 s of alarm: {status}, stalled {stalled}")
+            finally:
+                await asyncio.to_thread(rabbitmqctl, "set_vm_memory_high_watermark", watermark)
             fault_over()
         elif name == "stalled-sink":
             assert mosquitto.proc is not None  # noqa: S101 - started above

@@ -124,6 +124,7 @@ class Relay:
         fetch: Fetch | None = None,
         send: Send | None = None,
         max_backlog: int | None = None,
+        stall_after_s: float = 10.0,
     ) -> None:
         self.store = store
         self.max_backlog = max_backlog  # outbox relays: throttle the intake past this
@@ -134,7 +135,8 @@ class Relay:
         self._send: Send = send or sink.send
         self.position = 0
         self.wake = asyncio.Event()
-        self.stalled = False  # the last attempt to relay failed
+        self.stalled = False  # the last attempt to relay failed, or the current one hangs
+        self.stall_after_s = stall_after_s
 
     async def start(self, from_end: int | None = None) -> bool:
         """Load progress; a new sink starts at `from_end` (or the beginning). True if new."""
@@ -151,10 +153,22 @@ class Relay:
         rows = await self._fetch(self.position, self.batch_size)
         if not rows:
             return 0
-        await self._send(rows)
+        # A sink can hang rather than fail (RabbitMQ blocks publishers during a memory or
+        # disk alarm): past stall_after_s it counts as stalled, while the send goes on.
+        watch = asyncio.get_running_loop().call_later(self.stall_after_s, self._hanging, rows)
+        try:
+            await self._send(rows)
+        finally:
+            watch.cancel()
+        self.stalled = False
         self.position = rows[-1].seq
         await self.store.mark_sent(self.name, self.position)
         return len(rows)
+
+    def _hanging(self, rows: Sequence[Any]) -> None:
+        self.stalled = True
+        log.warning("sink %s has not taken %d events in %.0f s; still trying", self.name,
+                    len(rows), self.stall_after_s)
 
     async def caught_up(self) -> bool:
         return not await self._fetch(self.position, 1)

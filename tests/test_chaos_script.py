@@ -22,7 +22,7 @@ def test_every_fault_row_loses_nothing_and_recovers(tmp_path: Path) -> None:
         result.stderr[-3000:])
     rows = {row["fault"]: row for row in json.loads(table.read_text())}
     assert set(rows) == {"sigkill", "rabbitmq-restart", "mosquitto-restart", "disk-full",
-                         "stalled-sink", "mosquitto-crash"}
+                         "stalled-sink", "mosquitto-crash", "rabbitmq-alarm"}
     for row in rows.values():
         if row["fault"] == "disk-full" and row["messages"] == 0:
             continue  # no tmpfs can be mounted here (not root): the disk-full test says so
@@ -31,4 +31,6 @@ def test_every_fault_row_loses_nothing_and_recovers(tmp_path: Path) -> None:
         assert row["unknown"] == 0, row
         assert row["out_amqp"] == row["out_mqtt"] == row["expected"], row
         assert row["recover_s"] is not None, row
+    alarm_notes = " ".join(rows["rabbitmq-alarm"]["notes"])
+    assert "/readyz after 12 s of alarm: 503" in alarm_notes, "a hanging sink is not ready"
     assert result.returncode == 0

@@ -103,6 +103,7 @@ async def _observe(
 async def _observe_once(service: Service, store: Store, metrics: Metrics) -> None:
     loop = asyncio.get_running_loop()
     for relay in service.relays:
+        metrics.sink_stalled.labels(relay.name).set(relay.stalled)
         if relay.max_backlog is not None:  # the outbox relays
             count, age = await store.backlog(relay.name)
             metrics.backlog.labels(relay.name).set(count)

@@ -51,6 +51,9 @@ class Metrics:
         self.oldest_unsent = Gauge("aes_gateway_outbox_oldest_unsent_age_seconds",
                                    "Age of the oldest event not yet relayed to a sink",
                                    ["sink"], registry=registry)
+        self.sink_stalled = Gauge("aes_gateway_sink_stalled",
+                                  "1 while a sink's last send failed, or one has hung for 10 s",
+                                  ["sink"], registry=registry)
         self.store_bytes = Gauge("aes_gateway_store_size_bytes", "Store file size",
                                  registry=registry)
         self.latency = Histogram("aes_gateway_receive_to_commit_seconds",

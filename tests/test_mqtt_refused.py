@@ -104,10 +104,18 @@ path = "{tmp_path / 'out.jsonl'}"
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)
-            async with aiohttp.ClientSession() as session, \
-                    session.get(f"http://127.0.0.1:{http}/readyz") as ready:
-                seen["while refused"] = (ready.status, (await ready.json())["sinks_stalled"],
-                                         len(collector.messages))
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{http}/readyz") as ready:
+                    seen["while refused"] = (ready.status, (await ready.json())["sinks_stalled"],
+                                             len(collector.messages))
+                for _ in range(100):  # the gauges are refreshed every 5 s
+                    async with session.get(f"http://127.0.0.1:{http}/metrics") as scrape:
+                        stalled_gauges = [line for line in (await scrape.text()).splitlines()
+                                          if line.startswith("aes_gateway_sink_stalled{")]
+                    if any(line.endswith(" 1.0") for line in stalled_gauges):
+                        break
+                    await asyncio.sleep(0.1)
+                seen["gauges"] = stalled_gauges
             broker.reload(READ_ALL + "topic write aes/#\n")
             for _ in range(200):
                 if len(_event_ids(collector)) >= expected:
@@ -129,3 +137,8 @@ path = "{tmp_path / 'out.jsonl'}"
     assert (status, collected) == (503, 0)
     assert [name for name in stalled if name.startswith("mqtt")] == stalled != []
     assert seen["accepted"] == expected
+    gauges = {line.split('"')[1]: line.rsplit(" ", 1)[1]
+              for line in seen["gauges"]}  # type: ignore[attr-defined]
+    assert gauges.pop(f"mqtt:aes@mqtt://127.0.0.1:{broker.port}") == "1.0"
+    assert len(gauges) == 3  # the AMQP sink's two relays and the JSON Lines sink: not stalled
+    assert set(gauges.values()) == {"0.0"}

@@ -62,8 +62,14 @@ class FileDelivery:
             body = _read(path)
         except OSError as exc:
             raise InputError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
-        self.raw = RawMessage(body, f"file:{os.path.basename(path)}",
+        self.raw = RawMessage(body, f"file:{_printable(os.path.basename(path))}",
                               read_at or dt.datetime.now(dt.UTC))
+
+
+def _printable(name: str) -> str:
+    """A file name as valid text: a name that is not UTF-8 (a Latin-1 "æøå" from an old file
+    share) comes from the OS with surrogates, which the store and the logs cannot encode."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 _BUFFER = bytearray(256 * 1024)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,22 @@ path = "{tmp_path / 'out.jsonl'}"
     assert result.returncode == 2
     assert "address already in use" in result.stderr
     assert f"push:127.0.0.1:{port} could not start" in result.stderr  # the log line, too
+
+
+def test_a_file_name_that_is_not_utf8_is_quarantined_not_a_crash(tmp_path: Path) -> None:
+    """A Latin-1 file name ("æøå" as single bytes) on bad input: until stop 15 the store could
+    not encode the message's source, and replay died with a traceback."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    with open(os.path.join(os.fsencode(inbox), b"sag-\xe6\xf8\xe5.xml"), "wb") as bad:
+        bad.write(b"<not xml")
+    store = str(tmp_path / "g.db")
+    summary = tmp_path / "summary.json"
+    run_cli("replay", str(inbox), "--store", store, "--output", os.devnull,
+            "--summary", str(summary))
+    assert json.loads(summary.read_text())["quarantined_by_reason"] == {"not_xml": 1}
+    listed = json.loads(run_cli("quarantine", "list", "--store", store).stdout)
+    assert listed["source"] == "file:sag-\ufffd\ufffd\ufffd.xml"
 
 
 def test_simulate_writes_messages_and_an_answer_key(tmp_path: Path) -> None:

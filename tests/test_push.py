@@ -88,6 +88,36 @@ def test_push_answers_20_after_commit_and_the_event_is_out(tmp_path: Path) -> No
         "rejected", "case_linked"]
 
 
+def test_an_oversized_push_is_quarantined_and_answered_20(tmp_path: Path) -> None:
+    """3 MiB against a 1 MiB limit: until stop 15, aiohttp answered HTTP 413 (no StatusKode
+    BFO knows) and the gateway kept no record of the message."""
+    port = free_port()
+    config = cfg.parse(f"""
+        [store]
+        path = "{tmp_path / 'g.db'}"
+        [[sources]]
+        type = "push"
+        listen = "127.0.0.1:{port}"
+        [[sinks]]
+        type = "jsonl"
+        path = "{tmp_path / 'out.jsonl'}"
+    """)
+    huge = b"<a>" + b"x" * (3 * 1024 * 1024) + b"</a>"
+    answers = asyncio.run(serve_and_post(config, f"http://127.0.0.1:{port}/", [huge], None))
+
+    async def quarantined() -> list[tuple[str, str | None, int]]:
+        store = await Store.open(str(tmp_path / "g.db"))
+        try:
+            return [(row.reason, row.detail, len(row.body)) for row in await store.quarantined()]
+        finally:
+            await store.close()
+
+    assert [status_code(a) for a in answers] == [20]
+    limit = config.matching.max_message_bytes
+    assert asyncio.run(quarantined()) == [
+        ("too_large", f"message over the limit of {limit} bytes", limit + 1)]
+
+
 def test_push_over_https_verifies_the_client_certificate(tmp_path: Path) -> None:
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
@@ -190,7 +220,8 @@ def test_health_and_readiness(tmp_path: Path) -> None:
                     return alive.status
 
             alive_status = await when_up(healthz)
-            await post(f"http://127.0.0.1:{port}/", PUSH_BODY)  # the MQTT sink cannot deliver
+            # the push listener starts after /healthz does: wait for it as for /healthz
+            await when_up(lambda: post(f"http://127.0.0.1:{port}/", PUSH_BODY))  # MQTT sink down
             await asyncio.sleep(1.5)
             async with session.get(f"http://127.0.0.1:{http}/readyz") as ready:
                 ready_status, body = ready.status, await ready.json()

@@ -54,14 +54,15 @@ class PushReceiver:
         self.last_message_at: float | None = None
         self._runner: web.AppRunner | None = None
         self._accepting = True
-        app = web.Application(client_max_size=max_bytes + 64 * 1024)
+        self.max_bytes = max_bytes
+        app = web.Application()  # the body is read in chunks, and cut at max_bytes
         app.router.add_post(config.path, self._receive)
         self.app = app
 
     async def _receive(self, request: web.Request) -> web.Response:
         if not self._accepting:
             return answer(NOT_NOW, "shutting down")
-        body = await request.read()
+        body = await self._read(request)
         self.last_message_at = asyncio.get_running_loop().time()
         delivery = PushDelivery(RawMessage(body, self.name, dt.datetime.now(dt.UTC)), self)
         try:
@@ -75,6 +76,24 @@ class PushReceiver:
         except TimeoutError:
             return answer(NOT_NOW, "not stored in time")
         return answer(RECEIVED) if committed else answer(NOT_NOW, "store unavailable")
+
+    async def _read(self, request: web.Request) -> bytes:
+        """The body; of one over the size limit, only as much as shows that (bounded memory).
+
+        An oversized message is bad input like any other: quarantined with its reason
+        (`too_large`) and answered 20 once that is stored. Refused at the HTTP level (413), BFO
+        would get neither answer the protocol knows, and the gateway would keep no record."""
+        keep = self.max_bytes + 1
+        chunks, kept, total = [], 0, 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            total += len(chunk)
+            if kept < keep:
+                chunks.append(chunk[: keep - kept])
+                kept += len(chunks[-1])
+        if total > keep:
+            log.warning("push body of %d bytes is over the limit; its first %d bytes go to the "
+                        "quarantine", total, keep, extra={"source": self.name})
+        return b"".join(chunks)
 
     async def start(self, stop: asyncio.Event) -> bool:
         host, _, port = self.config.listen.rpartition(":")

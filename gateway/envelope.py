@@ -111,7 +111,7 @@ class EnvelopeReader:
 
     def read(self, body: bytes) -> Envelope:
         if len(body) > self._max_bytes:
-            raise BadInput(Reason.TOO_LARGE, f"message of {len(body)} bytes exceeds the limit")
+            raise BadInput(Reason.TOO_LARGE, f"message over the limit of {self._max_bytes} bytes")
         root = parse_xml(body)
         if root.tag == MODTAG_BESKED_INPUT:
             inner = root.find(HAENDELSESBESKED)

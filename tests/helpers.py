@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import uuid
+from pathlib import Path
 
 from gateway.formats import v22, v30
 from gateway.model import ParsedEvent, RawMessage, Version
@@ -145,3 +146,19 @@ def event(
         certificate=None,
         event_ref=ref,
     )
+
+
+def push_to_jsonl(workdir: Path, port: int, extra: str = "") -> str:
+    """A gateway's TOML: a push receiver on `port` in, JSON Lines (`out.jsonl`) out, and its
+    store (`g.db`) in `workdir`."""
+    return f"""
+[store]
+path = "{workdir / 'g.db'}"
+[[sources]]
+type = "push"
+listen = "127.0.0.1:{port}"
+{extra}
+[[sinks]]
+type = "jsonl"
+path = "{workdir / 'out.jsonl'}"
+"""

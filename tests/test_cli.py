@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import run_cli
+from tests.helpers import push_to_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -54,16 +55,7 @@ def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path)
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "gateway.toml"
-        config.write_text(f"""
-[store]
-path = "{tmp_path / 'g.db'}"
-[[sources]]
-type = "push"
-listen = "127.0.0.1:{port}"
-[[sinks]]
-type = "jsonl"
-path = "{tmp_path / 'out.jsonl'}"
-""")
+        config.write_text(push_to_jsonl(tmp_path, port))
         result = run_cli("run", "--config", str(config), "--until-idle", "5", check=False)
     assert result.returncode == 2
     assert "address already in use" in result.stderr

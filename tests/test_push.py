@@ -22,6 +22,7 @@ from gateway.ports import Delivery
 from gateway.service import Service
 from tests.conftest import read_jsonl
 from tests.fakes import BrokenStore
+from tests.helpers import push_to_jsonl
 
 T = TypeVar("T")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -67,19 +68,8 @@ async def serve_and_post(
 
 def test_push_answers_20_after_commit_and_the_event_is_out(tmp_path: Path) -> None:
     port = free_port()
-    config = cfg.parse(f"""
-        [store]
-        path = "{tmp_path / 'g.db'}"
-        [[sources]]
-        type = "push"
-        listen = "127.0.0.1:{port}"
-        path = "/beskedmodtag"
-        [[sinks]]
-        type = "jsonl"
-        path = "{tmp_path / 'out.jsonl'}"
-        [http]
-        listen = "127.0.0.1:0"
-    """)
+    config = cfg.parse(push_to_jsonl(tmp_path, port, 'path = "/beskedmodtag"')
+                       + '[http]\nlisten = "127.0.0.1:0"\n')
     answers = asyncio.run(serve_and_post(config, f"http://127.0.0.1:{port}/beskedmodtag",
                                          [PUSH_BODY, PUSH_BODY, b"<not xml"], None))
     assert [status_code(a) for a in answers] == [20, 20, 20]  # a refused message is stored too
@@ -92,16 +82,7 @@ def test_an_oversized_push_is_quarantined_and_answered_20(tmp_path: Path) -> Non
     """3 MiB against a 1 MiB limit: until stop 15, aiohttp answered HTTP 413 (no StatusKode
     BFO knows) and the gateway kept no record of the message."""
     port = free_port()
-    config = cfg.parse(f"""
-        [store]
-        path = "{tmp_path / 'g.db'}"
-        [[sources]]
-        type = "push"
-        listen = "127.0.0.1:{port}"
-        [[sinks]]
-        type = "jsonl"
-        path = "{tmp_path / 'out.jsonl'}"
-    """)
+    config = cfg.parse(push_to_jsonl(tmp_path, port))
     huge = b"<a>" + b"x" * (3 * 1024 * 1024) + b"</a>"
     answers = asyncio.run(serve_and_post(config, f"http://127.0.0.1:{port}/", [huge], None))
 

@@ -51,13 +51,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aio_pika
-import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.simulate import Simulator, simulate  # noqa: E402
 from tests import brokers  # noqa: E402
+from tests.brokers import rabbitmqctl  # noqa: E402
 from tests.faults import fill, small_disk  # noqa: E402
 from tests.mosquitto import Collector, Mosquitto, free_port  # noqa: E402
 
@@ -132,22 +132,6 @@ async def first_event_after(ended: float, count: Callable[[], int]) -> float:
     while count() <= before:  # noqa: ASYNC110 - polls the collectors
         await asyncio.sleep(0.02)
     return round(time.monotonic() - ended, 2)
-
-
-def rabbitmqctl_output(*args: str) -> str:
-    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True,
-                          text=True).stdout.strip().splitlines()[-1]
-
-
-async def readiness(http: int) -> tuple[int, list[str]]:
-    """`/readyz`'s status and the sinks it names as stalled."""
-    async with aiohttp.ClientSession() as session, \
-            session.get(f"http://127.0.0.1:{http}/readyz") as response:
-        return response.status, list((await response.json())["sinks_stalled"])
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True)
 
 
 Fault = Callable[[asyncio.Task[None]], Awaitable[None]]
@@ -256,7 +240,7 @@ max_backlog = 2000
             fault_over()
         elif name == "rabbitmq-alarm":
             watermark = await asyncio.to_thread(
-                rabbitmqctl_output, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+                rabbitmqctl, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
             assert gateway.proc is not None  # noqa: S101 - started above
             gateway.proc.send_signal(signal.SIGSTOP)  # a backlog in the mailboxes to work off
             await asyncio.sleep(1.0)
@@ -264,8 +248,9 @@ max_backlog = 2000
                 await asyncio.to_thread(rabbitmqctl, "set_vm_memory_high_watermark", "0.0000001")
                 gateway.proc.send_signal(signal.SIGCONT)
                 await asyncio.sleep(12.0)
-                status, stalled = await readiness(http)
-                row.notes.append(f"/readyz after 12 s of alarm: {status}, stalled {stalled}")
+                status, body = await brokers.readyz(http)
+                row.notes.append(f"/readyz after 12 s of alarm: {status}, "
+                                 f"stalled {body['sinks_stalled']}")
             finally:
                 await asyncio.to_thread(rabbitmqctl, "set_vm_memory_high_watermark", watermark)
             fault_over()

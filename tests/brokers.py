@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
+import aiohttp
 
 from gateway.model import Version
 from gateway.simulate import Message
@@ -173,3 +176,17 @@ quarantine_exchange = "{topo.quarantine_exchange}"
 listen = "127.0.0.1:0"
 {extra}
 """
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Runs `rabbitmqctl` against this machine's broker; returns the last line it printed."""
+    printed = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True,
+                             text=True).stdout.strip().splitlines()
+    return printed[-1] if printed else ""
+
+
+async def readyz(http: int) -> tuple[int, dict[str, Any]]:
+    """A gateway's `/readyz` on this port: the status and the body."""
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{http}/readyz") as response:
+        return response.status, dict(await response.json())

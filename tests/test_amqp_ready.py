@@ -10,13 +10,11 @@ for the broker to come back (cancelling the consumer waited for the connection).
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import aio_pika
-import aiohttp
 
 from adapters.runtime import run
 from gateway import config as cfg
@@ -28,10 +26,8 @@ Readiness = tuple[int, list[bool]]  # status, and `connected` of the 2.2 and 3.0
 
 
 async def readiness(http: int, topo: brokers.Topology) -> Readiness:
-    async with aiohttp.ClientSession() as session, \
-            session.get(f"http://127.0.0.1:{http}/readyz") as response:
-        sources = (await response.json())["sources"]
-        return response.status, [sources[f"amqp:{queue}"] for queue in (topo.q22, topo.q30)]
+    status, body = await brokers.readyz(http)
+    return status, [body["sources"][f"amqp:{queue}"] for queue in (topo.q22, topo.q30)]
 
 
 async def settled(
@@ -45,11 +41,6 @@ async def settled(
         await asyncio.sleep(0.1)
         seen = await readiness(http, topo)
     return seen
-
-
-def rabbitmqctl(command: str) -> Callable[[], Awaitable[object]]:
-    return lambda: asyncio.to_thread(subprocess.run, ["rabbitmqctl", command], check=True,
-                                     capture_output=True)
 
 
 def test_sources_follow_the_broker_and_the_mailboxes() -> None:
@@ -76,11 +67,11 @@ def test_sources_follow_the_broker_and_the_mailboxes() -> None:
             seen["mailbox created"] = await settled(http, topo, both_up, 30)
 
             await connection.close()
-            await rabbitmqctl("stop_app")()
+            await asyncio.to_thread(brokers.rabbitmqctl, "stop_app")
             broker_up = False
             seen["broker down"] = await settled(http, topo, lambda r: r[0] == 503, 10)
-            await rabbitmqctl("start_app")()
-            await rabbitmqctl("await_startup")()
+            await asyncio.to_thread(brokers.rabbitmqctl, "start_app")
+            await asyncio.to_thread(brokers.rabbitmqctl, "await_startup")
             broker_up = True
             seen["broker back"] = await settled(http, topo, both_up, 30)
 
@@ -99,7 +90,7 @@ def test_sources_follow_the_broker_and_the_mailboxes() -> None:
                 await asyncio.sleep(0.1)
             seen["events"] = await brokers.depth(topo.events_queue)
 
-            await rabbitmqctl("stop_app")()
+            await asyncio.to_thread(brokers.rabbitmqctl, "stop_app")
             broker_up = False
             await asyncio.sleep(0.5)
             started = time.monotonic()
@@ -108,8 +99,8 @@ def test_sources_follow_the_broker_and_the_mailboxes() -> None:
             seen["stop during outage (s)"] = time.monotonic() - started
         finally:
             if not broker_up:
-                await rabbitmqctl("start_app")()
-                await rabbitmqctl("await_startup")()
+                await asyncio.to_thread(brokers.rabbitmqctl, "start_app")
+                await asyncio.to_thread(brokers.rabbitmqctl, "await_startup")
             await brokers.delete(topo)
         return seen
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import tempfile
 
 from adapters.runtime import run
@@ -18,9 +17,8 @@ from tests import brokers
 
 
 def restart_rabbitmq() -> None:
-    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True)
+    for command in ("stop_app", "start_app", "await_startup"):
+        brokers.rabbitmqctl(command)
 
 
 def test_the_gateway_consumes_again_after_a_broker_restart_without_being_restarted() -> None:

@@ -104,10 +104,9 @@ path = "{tmp_path / 'out.jsonl'}"
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)
+            status, body = await brokers.readyz(http)
+            seen["while refused"] = (status, body["sinks_stalled"], len(collector.messages))
             async with aiohttp.ClientSession() as session:
-                async with session.get(f"http://127.0.0.1:{http}/readyz") as ready:
-                    seen["while refused"] = (ready.status, (await ready.json())["sinks_stalled"],
-                                             len(collector.messages))
                 for _ in range(100):  # the gauges are refreshed every 5 s
                     async with session.get(f"http://127.0.0.1:{http}/metrics") as scrape:
                         stalled_gauges = [line for line in (await scrape.text()).splitlines()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
+import stat
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -16,6 +18,8 @@ from gateway.envelope import EnvelopeReader
 from gateway.model import RawMessage
 from gateway.ports import OutboxRow
 from gateway.workers import pack, unpack, worker_pool
+
+log = logging.getLogger("aes_gateway.files")
 
 
 class InputError(Exception):
@@ -162,7 +166,13 @@ async def prepared_batches(
 
 
 class JsonlSink:
-    """Canonical events as JSON Lines to a file (or stdout for `-`)."""
+    """Canonical events as JSON Lines to a file (or stdout for `-`).
+
+    A send returns once its lines are on disk (fdatasync, in a thread): the relay marks them
+    sent only then, so a power loss cannot keep the mark and lose the lines. A file that is
+    moved or deleted under the sink (logrotate, an operator) is noticed at the next send, and
+    a new one is begun at the path, as Python's WatchedFileHandler does.
+    """
 
     def __init__(self, target: str, name: str = "jsonl", rotate_bytes: int = 0) -> None:
         self.name = name
@@ -170,6 +180,7 @@ class JsonlSink:
         self.rotate_bytes = rotate_bytes  # past this size the file is renamed and begun anew
         self._stream: IO[bytes] | None = None
         self._size = 0
+        self._identity: tuple[int, int] | None = None  # (device, inode): None for no file
 
     def open(self, truncate: bool) -> None:
         if self.target == "-":
@@ -177,9 +188,15 @@ class JsonlSink:
             return
         path = Path(self.target)
         path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
         self._stream = os.fdopen(os.open(path, flags, 0o600), "wb")
-        self._size = path.stat().st_size
+        status = os.fstat(self._stream.fileno())
+        self._size = status.st_size
+        # a FIFO or a device has nothing to sync and no name to watch
+        self._identity = (status.st_dev, status.st_ino) if stat.S_ISREG(status.st_mode) else None
+        if created and self._identity is not None:
+            _sync_directory(path.parent)  # the new name survives a power loss, too
 
     def _rotate(self) -> None:
         """`canonical.jsonl` -> `canonical.<UTC time>.jsonl`, and a new `canonical.jsonl`."""
@@ -189,17 +206,41 @@ class JsonlSink:
         path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
         self.open(truncate=True)
 
+    def _moved(self) -> bool:
+        """The path no longer names the open file: renamed or deleted by someone else."""
+        if self._identity is None:
+            return False
+        try:
+            status = os.stat(self.target)
+        except FileNotFoundError:
+            return True
+        return (status.st_dev, status.st_ino) != self._identity
+
     async def send(self, rows: Sequence[OutboxRow]) -> None:
         assert self._stream is not None, "open() first"  # noqa: S101 - programming error
-        if self.rotate_bytes and self.target != "-" and self._size >= self.rotate_bytes:
+        if self._moved():
+            log.warning("%s was moved or deleted; beginning a new file there", self.target)
+            self.close()
+            self.open(truncate=False)
+        elif self.rotate_bytes and self._identity is not None and self._size >= self.rotate_bytes:
             self._rotate()
-            assert self._stream is not None  # noqa: S101 - reopened
+        assert self._stream is not None  # noqa: S101 - reopened
         data = b"".join(row.body + b"\n" for row in rows)
         self._stream.write(data)
         self._stream.flush()
         self._size += len(data)
+        if self._identity is not None:
+            await asyncio.to_thread(os.fdatasync, self._stream.fileno())
 
     def close(self) -> None:
         if self._stream is not None and self.target != "-":
             self._stream.close()
         self._stream = None
+
+
+def _sync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

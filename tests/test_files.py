@@ -1,4 +1,4 @@
-"""The JSON Lines sink: appends, rotates by size, loses no line across files."""
+"""The JSON Lines sink: appends, rotates by size, loses no line across files or power loss."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from adapters.files import FileDelivery, JsonlSink
+from gateway.pipeline import Relay
 from gateway.ports import OutboxRow
+from tests.fakes import MemoryStore
 
 
 def rows(start: int, count: int) -> list[OutboxRow]:
@@ -44,3 +46,54 @@ def test_files_are_read_whole_whatever_their_size(tmp_path: Path, size: int) -> 
     data = os.urandom(size)
     (tmp_path / "m.xml").write_bytes(data)
     assert FileDelivery(tmp_path / "m.xml").raw.body == data
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed"])
+def test_a_file_moved_or_deleted_underneath_is_begun_anew(tmp_path: Path, how: str) -> None:
+    """logrotate (without copytruncate) or an operator takes the file away: the lines that
+    follow go to a new file at the path, not to an inode no reader can find."""
+    path = tmp_path / "canonical.jsonl"
+    sink = JsonlSink(str(path))
+    sink.open(truncate=True)
+    asyncio.run(sink.send(rows(0, 5)))
+    if how == "deleted":
+        path.unlink()
+    else:
+        path.rename(tmp_path / "canonical.jsonl.1")
+    asyncio.run(sink.send(rows(5, 5)))
+    sink.close()
+    assert path.read_text().splitlines() == [f'{{"event_id":"id-{i}"}}' for i in range(5, 10)]
+    assert path.stat().st_mode & 0o777 == 0o600
+    if how == "renamed":
+        assert len((tmp_path / "canonical.jsonl.1").read_text().splitlines()) == 5
+
+
+def test_lines_are_on_disk_before_the_relay_marks_them_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark becomes durable with the store's next fsync; the lines must be there first,
+    or a power loss keeps the mark and loses the lines."""
+    path = tmp_path / "canonical.jsonl"
+    steps: list[str] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+            steps.append(f"synced {len(path.read_bytes().splitlines())} lines")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    class Outbox(MemoryStore):
+        async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
+            return rows(seq + 1, min(limit, 25 - seq))
+
+        async def mark_sent(self, sink: str, seq: int) -> None:
+            steps.append(f"marked {seq}")
+
+    sink = JsonlSink(str(path))
+    sink.open(truncate=True)
+    asyncio.run(Relay(Outbox(), sink, batch_size=10).drain())  # type: ignore[arg-type]
+    sink.close()
+    assert steps == ["synced 10 lines", "marked 10", "synced 20 lines", "marked 20",
+                     "synced 25 lines", "marked 25"]

@@ -139,7 +139,11 @@ async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRun
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")
-    await web.TCPSite(runner, host or None, int(port)).start()
+    try:
+        await web.TCPSite(runner, host or None, int(port)).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner
 
 
@@ -162,44 +166,55 @@ def freeze_startup_heap() -> int:
 async def run(
     config: cfg.Config, until_idle: float | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Run the service until SIGTERM/SIGINT (or `stop`), or until idle for `until_idle` s."""
-    store = await Store.open(config.store.path)
-    intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.store.batch_size * 4)
-    reader = EnvelopeReader(config.matching.beskedtypes, config.matching.max_message_bytes)
-    pool = None
-    if config.processing.parse_workers > 0:
-        pool = ParsePool(config.processing.parse_workers, config.matching.beskedtypes,
-                         config.matching.max_message_bytes)
-        pool.start()
-    metrics = Metrics(CollectorRegistry())
-    pipeline = Pipeline(store, reader, config.matching.tolerance_seconds, [metrics.observe],
-                        parse_pool=pool)
-    sources = [_source(s, intake, config.matching.max_message_bytes) for s in config.sources]
-    relays: list[Relay] = []
-    closers: list[Callable[[], Awaitable[None]]] = []
-    for spec in config.sinks:
-        sink_relays, close = _relays(spec, store)
-        relays += sink_relays
-        closers.append(close)
-    service = Service(pipeline, intake, sources, relays, config.store.batch_size,
-                      config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
-                      [*closers, store.close])
-    health = await _health(service, config.http.listen, metrics) if config.http.listen else None
-    observer = asyncio.create_task(_observe(service, store, metrics, config))
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await service.run(stop, until_idle)
-    finally:
-        observer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await observer
+    """Run the service until SIGTERM/SIGINT (or `stop`), or until idle for `until_idle` s.
+
+    Whatever fails on the way up (a taken HTTP port, a sink file that cannot be opened) closes
+    what was opened before it: the store's thread alone would keep the process from exiting.
+    """
+    async with contextlib.AsyncExitStack() as opened:  # closed in reverse, on any exit
+        store = await Store.open(config.store.path)
+        opened.push_async_callback(store.close)  # again after the service's own close: a no-op
+        reader = EnvelopeReader(config.matching.beskedtypes, config.matching.max_message_bytes)
+        pool = None
+        if config.processing.parse_workers > 0:
+            pool = ParsePool(config.processing.parse_workers, config.matching.beskedtypes,
+                             config.matching.max_message_bytes)
+            opened.callback(pool.close)
+            pool.start()
+        metrics = Metrics(CollectorRegistry())
+        pipeline = Pipeline(store, reader, config.matching.tolerance_seconds, [metrics.observe],
+                            parse_pool=pool)
+        intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.store.batch_size * 4)
+        sources = [_source(s, intake, config.matching.max_message_bytes) for s in config.sources]
+        relays: list[Relay] = []
+        closers: list[Callable[[], Awaitable[None]]] = []
+        for spec in config.sinks:
+            sink_relays, close = _relays(spec, store)
+            opened.push_async_callback(_quietly, close)
+            relays += sink_relays
+            closers.append(close)
+        service = Service(pipeline, intake, sources, relays, config.store.batch_size,
+                          config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
+                          [*closers, store.close])
+        if config.http.listen:
+            health = await _health(service, config.http.listen, metrics)
+            opened.push_async_callback(_quietly, health.cleanup)
+        observer = asyncio.create_task(_observe(service, store, metrics, config))
+        opened.push_async_callback(_cancelled, observer)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        if health is not None:
-            with contextlib.suppress(Exception):
-                await health.cleanup()
-        if pool is not None:
-            pool.close()
+            loop.add_signal_handler(signum, stop.set)
+            opened.callback(loop.remove_signal_handler, signum)
+        await service.run(stop, until_idle)
+
+
+async def _quietly(close: Callable[[], Awaitable[None]]) -> None:
+    with contextlib.suppress(Exception):
+        await close()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

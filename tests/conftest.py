@@ -15,11 +15,11 @@ CLI = [sys.executable, "-m", "gateway.cli"]
 
 
 def run_cli(
-    *args: str, check: bool = True, env_level: str = "ERROR"
+    *args: str, check: bool = True, env_level: str = "ERROR", timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": env_level}
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                            timeout=300, check=False)
+                            timeout=timeout, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"aes-gateway {' '.join(args)} exited {result.returncode}:\n"
                              f"{result.stderr[-3000:]}")

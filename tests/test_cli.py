@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import run_cli
 from tests.helpers import push_to_jsonl
 
@@ -60,6 +62,28 @@ def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path)
     assert result.returncode == 2
     assert "address already in use" in result.stderr
     assert f"push:127.0.0.1:{port} could not start" in result.stderr  # the log line, too
+
+
+@pytest.mark.parametrize("failure", ["http port taken", "sink file a directory"])
+def test_run_exits_when_it_cannot_come_up(tmp_path: Path, failure: str) -> None:
+    """Until stop 16 a failure after the store was opened (the metrics port taken by another
+    gateway, a sink file that cannot be opened) printed its error and then hung for ever:
+    the store's thread was never closed, and kept the process alive."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.toml"
+        if failure == "http port taken":
+            text = push_to_jsonl(tmp_path, 0) + f'[http]\nlisten = "127.0.0.1:{port}"\n'
+        else:
+            (tmp_path / "out.jsonl").mkdir()
+            text = push_to_jsonl(tmp_path, 0)
+        config.write_text(text)
+        result = run_cli("run", "--config", str(config), check=False, timeout=30)
+    assert result.returncode == 2
+    assert ("address already in use" if failure == "http port taken"
+            else "Is a directory") in result.stderr
 
 
 def test_a_file_name_that_is_not_utf8_is_quarantined_not_a_crash(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ async def run(
     what was opened before it: the store's thread alone would keep the process from exiting.
     """
     async with contextlib.AsyncExitStack() as opened:  # closed in reverse, on any exit
-        store = await Store.open(config.store.path)
+        store = await Store.open(config.store.path, claim=True)
         opened.push_async_callback(store.close)  # again after the service's own close: a no-op
         reader = EnvelopeReader(config.matching.beskedtypes, config.matching.max_message_bytes)
         pool = None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import itertools
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -145,6 +146,25 @@ def _create_private(path: Path) -> None:
         os.chmod(name, 0o600)
 
 
+def _claim(path: Path) -> int:
+    """The store's lock file (`<store>.lock`), held while this process decides and relays:
+    a second gateway (or replay) on the same store would send every event again to the same
+    sinks, and decide twins at the same moment as new events under two ids. Readers (report,
+    purge, quarantine list) do not claim it. The kernel lets go of it when the process dies."""
+    lock = Path(f"{path}.lock")
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 20).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise StoreError(f"store {str(path)!r} is in use by another aes-gateway (pid {holder});"
+                         " one process at a time may decide into a store") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 async def _migrate(conn: aiosqlite.Connection) -> None:
     """Bring a store written by an earlier version up to this schema."""
     columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
@@ -170,9 +190,12 @@ def _placeholders(values: Sequence[object]) -> str:
 # --- a batch's reads and writes, each run on the store's thread in one trip ------------------
 
 
-def _load_state(db: sqlite3.Connection, keys: BatchKeys) -> CorrelationState:
+def _load_state(
+    db: sqlite3.Connection, keys: BatchKeys, retried: frozenset[str] = frozenset()
+) -> CorrelationState:
+    """`retried`: keys of quarantined messages being decided again, which count as unseen."""
     state = CorrelationState()
-    state.messages = _known_messages(db, keys.message_keys)
+    state.messages = _known_messages(db, keys.message_keys) - retried
     legacy_ids, numbers = set(keys.legacy_case_ids), set(keys.case_numbers)
     for link in _links(db, legacy_ids, numbers):
         state.add_link(link)
@@ -263,9 +286,14 @@ def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection],
 
 def _write(
     db: sqlite3.Connection, batch: Sequence[Prepared], results: Sequence[Result],
-    effects: Effects, now: int,
+    effects: Effects, now: int, retried: Sequence[QuarantineRow] = (),
 ) -> list[OutboxRow]:
-    """Writes the batch; returns its outbox rows as stored, for the relays."""
+    """Writes the batch; returns its outbox rows as stored, for the relays. A quarantined
+    message decided again (`retried`) leaves the quarantine in this same transaction."""
+    if retried:
+        db.executemany("DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
+                       [(row.message_key,) for row in retried])
+        db.executemany("DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in retried])
     db.executemany(
         "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
         [
@@ -330,6 +358,8 @@ class Store:
         # rollback takes back. Every statement goes through the lock, transactions whole.
         self._lock = asyncio.Lock()
         self._recent: deque[OutboxRow] = deque(maxlen=RECENT_OUTBOX_ROWS)  # committed only
+        self._retrying: dict[str, QuarantineRow] = {}  # by the source they are read from
+        self._claimed: int | None = None  # the lock file's descriptor, if this one decides
 
     async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """`job` on the store's thread in one trip, under the lock. A batch's statements go
@@ -350,12 +380,15 @@ class Store:
         return await self._run(lambda db: _in_transaction(db, work))
 
     @classmethod
-    async def open(cls, path: Path | str, bulk: bool = False) -> Store:
+    async def open(cls, path: Path | str, bulk: bool = False, claim: bool = False) -> Store:
         """`bulk` (replay): the WAL is checkpointed every 64 MiB instead of every 4 MiB, a
-        tenth of the fsyncs; the live service keeps short checkpoints, short pauses."""
+        tenth of the fsyncs; the live service keeps short checkpoints, short pauses.
+        `claim`: this process will decide and relay; StoreError if another one does."""
         path = Path(path)
+        claimed = None
         try:
             _create_private(path)
+            claimed = _claim(path) if claim else None
             conn = await aiosqlite.connect(path, isolation_level=None)
             await conn.executescript(
                 f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNC_COMMITS};"
@@ -369,11 +402,22 @@ class Store:
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         except (OSError, aiosqlite.Error) as exc:
+            if claimed is not None:
+                os.close(claimed)
             raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
-        return cls(conn, path)
+        except BaseException:
+            if claimed is not None:
+                os.close(claimed)
+            raise
+        store = cls(conn, path)
+        store._claimed = claimed
+        return store
 
     async def close(self) -> None:
         await self._conn.close()
+        if self._claimed is not None:  # after the connection: its last writes are done
+            os.close(self._claimed)
+            self._claimed = None
 
     async def __aenter__(self) -> Store:
         return self
@@ -383,10 +427,19 @@ class Store:
 
     # --- deciding a batch -------------------------------------------------------------------
 
+    def retry(self, rows: Mapping[str, QuarantineRow]) -> None:
+        """These quarantined messages are about to be decided again (`quarantine replay`),
+        each read from the source it is keyed by: until then they count as unseen, and the
+        commit that decides one also deletes it from the quarantine. Found again by source,
+        not by key: a message refused for its size before its envelope was read has another
+        key once it is read."""
+        self._retrying.update(rows)
+
     async def load_state(self, keys: BatchKeys) -> CorrelationState:
         """Everything the batch's decisions may depend on, and nothing else."""
+        retried = frozenset(row.message_key for row in self._retrying.values())
         try:
-            return await self._run(lambda db: _load_state(db, keys))
+            return await self._run(lambda db: _load_state(db, keys, retried))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the store: {exc}") from exc
 
@@ -395,10 +448,16 @@ class Store:
     ) -> None:
         """Every outcome of the batch in one transaction."""
         now = int(dt.datetime.now(dt.UTC).timestamp())
+        retrying = self._retrying
+        retried = ([retrying[p.raw.source] for p in batch if p.raw.source in retrying]
+                   if retrying else [])
         try:
-            rows = await self._transaction(lambda db: _write(db, batch, results, effects, now))
+            rows = await self._transaction(
+                lambda db: _write(db, batch, results, effects, now, retried))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
+        for p in batch if retried else ():
+            retrying.pop(p.raw.source, None)
         if self._recent and rows and rows[0].seq != self._recent[-1].seq + 1:
             self._recent.clear()  # a gap (another writer?): keep only contiguous rows
         self._recent.extend(rows)
@@ -515,18 +574,6 @@ class Store:
             f"{_SELECT_QUARANTINE} WHERE id > ? ORDER BY id LIMIT ?", (seq, limit)
         )
         return [QuarantineRow(*row) for row in rows]
-
-    async def release_quarantined(self, rows: Sequence[QuarantineRow]) -> None:
-        """Forget quarantined messages so that they can be decided again."""
-
-        def release(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
-                [(row.message_key,) for row in rows],
-            )
-            db.executemany("DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in rows])
-
-        await self._transaction(release)
 
     async def purge(
         self, retention_days: int, quarantine_days: int | None = None,

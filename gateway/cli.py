@@ -8,13 +8,13 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
 from prometheus_client import CollectorRegistry, write_to_textfile
 
-from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
+from adapters.files import InputError, JsonlSink, file_source, list_inputs, prepared_batches
 from adapters.sqlite import Store, StoreError
 from gateway import canonical, config, logs, report
 from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS, DEFAULT_TOLERANCE_S
@@ -25,6 +25,9 @@ from gateway.simulate import simulate
 
 DEFAULT_BATCH = 8000  # a commit writes every page its batch touched: bigger batches share pages
 PARALLEL_FROM = 5000  # files
+
+
+Requeue = Callable[[Store], Awaitable[Sequence[Path]]]  # inputs read from the claimed store
 
 
 class UsageError(Exception):
@@ -183,12 +186,16 @@ async def run_replay(
     tolerance_s: int = DEFAULT_TOLERANCE_S, max_bytes: int = DEFAULT_MAX_BYTES,
     workers: int | None = None, metrics_path: str | None = None,
     pair_window_s: int = DEFAULT_PAIR_WINDOW_S, close_windows: bool = False,
+    requeue: Requeue | None = None,
 ) -> dict[str, object]:
-    """Replay files into the store at `store_path`; returns the summary."""
+    """Replay files into the store at `store_path`; returns the summary. `requeue` gives
+    the inputs instead, once the store is claimed (`quarantine replay`)."""
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     files = list_inputs(inputs)
-    async with await Store.open(store_path, bulk=True) as store:
+    async with await Store.open(store_path, bulk=True, claim=True) as store:
+        if requeue is not None:
+            files = list_inputs(await requeue(store))
         sink = JsonlSink(output, name="replay-output")
         # A sink new to this store starts a new file; a resumed one continues its file.
         sink.open(truncate=await store.sink_progress(sink.name) is None)
@@ -238,6 +245,12 @@ def _simulate(outdir: Path, cases: int, seed: int, bad_share: float) -> dict[str
 
 
 async def _quarantine(args: argparse.Namespace) -> int:
+    if not args.store.exists():
+        raise UsageError(f"no store at {str(args.store)!r}")
+    if args.action == "replay":
+        _write_json("-", await _retry_quarantined(args.store, args.id, args.output,
+                                                  args.max_bytes))
+        return 0
     async with await Store.open(args.store) as store:
         if args.action == "list":
             for row in await store.quarantined():
@@ -258,26 +271,25 @@ async def _quarantine(args: argparse.Namespace) -> int:
             print(json.dumps(fields, indent=2))
             sys.stdout.write(logs.mask(row.body.decode("utf-8", "replace")) + "\n")
             return 0
-        rows = await store.quarantined(None if args.id is None else [args.id])
-        await store.release_quarantined(rows)
-    summary = await _replay_bodies(args.store, [r.body for r in rows], args.output,
-                                   args.max_bytes)
-    _write_json("-", summary)
-    return 0
+    raise UsageError(f"unknown quarantine action {args.action!r}")
 
 
-async def _replay_bodies(
-    store_path: Path, bodies: list[bytes], output: str, max_bytes: int
+async def _retry_quarantined(
+    store_path: Path, quarantine_id: int | None, output: str, max_bytes: int
 ) -> dict[str, object]:
+    """Decides quarantined messages again. Each leaves the quarantine in the transaction that
+    decides it anew: a replay stopped midway leaves the rest quarantined, none lost."""
     with tempfile.TemporaryDirectory(prefix="aes-gateway-q-") as tmp:
-        paths = []
-        for index, body in enumerate(bodies):
-            path = Path(tmp) / f"{index:08d}.xml"
-            path.write_bytes(body)
-            paths.append(path)
-        if not paths:
-            return {"messages": 0}
-        return await run_replay(paths, store_path, output, max_bytes=max_bytes)
+
+        async def requeue(store: Store) -> list[Path]:
+            rows = await store.quarantined(None if quarantine_id is None else [quarantine_id])
+            paths = [Path(tmp) / f"{row.seq:012d}.xml" for row in rows]
+            for path, row in zip(paths, rows, strict=True):
+                path.write_bytes(row.body)
+            store.retry({file_source(path): row for path, row in zip(paths, rows, strict=True)})
+            return paths
+
+        return await run_replay([], store_path, output, max_bytes=max_bytes, requeue=requeue)
 
 
 if __name__ == "__main__":

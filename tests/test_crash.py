@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -84,3 +85,27 @@ def test_sigkill_midway_then_rerun_loses_nothing_and_names_nothing_twice(tmp_pat
             clean[event_id]["case"])
     repeats = len(crashed) - len(by_id)
     print(f"{kills} kills: {len(by_id)} events out, {repeats} repeated with the same id")
+
+
+def test_quarantine_replay_killed_midway_loses_no_quarantined_message(tmp_path: Path) -> None:
+    """Until stop 16 `quarantine replay` deleted every quarantined message first and decided
+    them afterwards: killed in between, the rest were in neither place."""
+    inbox = tmp_path / "in"
+    _simulate(inbox, cases=1500, seed=6, bad_share=0.03)
+    store, out = tmp_path / "q.db", tmp_path / "q.jsonl"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", str(tmp_path / "none.jsonl"),
+            "--max-bytes", "200")  # every message refused as too large
+    refused = len(run_cli("quarantine", "list", "--store", str(store)).stdout.splitlines())
+    retry = ["quarantine", "replay", "--store", str(store), "--max-bytes", "1048576",
+             "--output", str(out)]
+    assert _kill_midway(retry, out, after_lines=300), "it finished before it could be killed"
+    left = len(run_cli("quarantine", "list", "--store", str(store)).stdout.splitlines())
+    assert 0 < left < refused
+    run_cli(*retry)
+
+    run_cli("replay", str(inbox), "--store", str(tmp_path / "clean.db"),
+            "--output", str(tmp_path / "clean.jsonl"), "--summary", str(tmp_path / "s.json"))
+    clean = {e["event_id"] for e in read_jsonl(tmp_path / "clean.jsonl")}
+    assert {e["event_id"] for e in read_jsonl(out)} == clean
+    still = len(run_cli("quarantine", "list", "--store", str(store)).stdout.splitlines())
+    assert still == json.loads((tmp_path / "s.json").read_text())["quarantined"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 
@@ -18,6 +20,12 @@ from gateway.model import (
     Reason,
     Version,
 )
+
+# A Dannelsestidspunkt more than this after the message was read is a wrong clock or value,
+# not a time, and is read as missing (the time read stands in). Taken as the stream's time, one
+# such message would move replay's clock years ahead: every pairing window after it would close
+# before its twin came, and the live service would keep its event's window open for years.
+MAX_FORMED_AHEAD: Final = dt.timedelta(hours=1)
 
 
 class Prepared(msgspec.Struct, frozen=True, gc=False):
@@ -58,6 +66,8 @@ def prepare(raw: RawMessage, reader: EnvelopeReader) -> Prepared:
         event = parse_event(envelope)
     except BadInput as bad:
         return Prepared(raw, envelope.message_id, envelope.version, None, bad.reason, bad.detail)
+    if event.formed_at is not None and event.formed_at > raw.received_at + MAX_FORMED_AHEAD:
+        event = msgspec.structs.replace(event, formed_at=None)  # as if it had none
     return Prepared(raw, envelope.message_id, envelope.version, event)
 
 

@@ -201,3 +201,17 @@ def test_quarantine_detail_never_carries_the_cpr() -> None:
     assert item.detail is not None
     assert "1401851234" not in item.detail
     assert "1401851235" not in item.detail
+
+
+@pytest.mark.parametrize(("read_at", "kept"), [("08:30", True), ("08:00", False)])
+def test_a_dannelsestidspunkt_over_an_hour_after_reading_is_read_as_missing(
+    read_at: str, kept: bool
+) -> None:
+    """The helpers' envelope is formed at 10:17:03 Danish time (09:17:03 UTC). Read at 08:00
+    UTC it claims to be formed 77 minutes after it was read: a wrong clock, not a time."""
+    hour, minute = map(int, read_at.split(":"))
+    at = dt.datetime(2022, 3, 1, hour, minute, tzinfo=dt.UTC)
+    item = prepare(h.raw(h.v30_inline(h.v30_xml()), at), READER)
+    assert item.event is not None
+    formed = dt.datetime(2022, 3, 1, 9, 17, 3, tzinfo=dt.UTC)
+    assert item.event.formed_at == (formed if kept else None)

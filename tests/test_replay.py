@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -33,6 +34,28 @@ def test_replay_matches_the_simulators_answer_key(tmp_path: Path, seed: int) -> 
     assert len({e["event_id"] for e in events}) == len(events)
     print(f"seed {seed}: {summary['messages']} messages, {summary['emitted']} emitted, "
           f"{summary['duplicates']} duplicates, {summary['quarantined']} quarantined: as keyed")
+
+
+def test_a_message_formed_in_the_future_does_not_close_every_pairing_window(
+    tmp_path: Path,
+) -> None:
+    """Until stop 16 one Dannelsestidspunkt of 2099 moved replay's stream clock to 2099, and
+    every event whose twin came in a later batch was judged seen in one version only (26 of
+    622 pairs here). Now the time is read as missing, and only that message's own pair can
+    be misjudged: the time it was read (today) stands in for it."""
+    key = _simulate(tmp_path / "in", cases=300, seed=9, bad_share=0.03)
+    early = sorted((tmp_path / "in").glob("*.xml"))[4]
+    body = early.read_text(encoding="utf-8")
+    formed = re.search(r"<TidsstempelDatoTid>[^<]*<", body)
+    assert formed is not None
+    early.write_text(body.replace(formed.group(), "<TidsstempelDatoTid>2099-01-01T00:00:00<"),
+                     encoding="utf-8")
+    summary = replay([tmp_path / "in"], tmp_path / "s.db", tmp_path / "out.jsonl",
+                     batch_size=97)
+    judged, keyed = summary["pair_outcomes"], key["pair_outcomes"]
+    assert isinstance(judged, dict)
+    assert isinstance(keyed, dict)
+    assert all(abs(judged[k] - keyed[k]) <= 1 for k in keyed), (judged, keyed)
 
 
 def test_the_five_sample_forms_give_one_event_and_one_link(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def _relays(
         # `full`, the quarantine exchange gets the reason headers and no body
         send = amqp.send_quarantine if spec.cpr == "full" else amqp.send_quarantine_headers
         relays.append(Relay(store, amqp, window, name=f"{amqp.name}:quarantine",
-                            fetch=store.quarantine_after, send=send))
+                            fetch=store.quarantine_after, send=send, feed="quarantine"))
     return relays, close
 
 
@@ -193,6 +193,9 @@ async def run(
             opened.push_async_callback(_quietly, close)
             relays += sink_relays
             closers.append(close)
+        for name, pending in (await store.forget_sinks(r.name for r in relays)).items():
+            log.warning("sink %s is no longer configured: its progress is dropped, and the "
+                        "%d events it had not taken are no longer kept for it", name, pending)
         service = Service(pipeline, intake, sources, relays, config.store.batch_size,
                           config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
                           [*closers, store.close])

@@ -29,7 +29,7 @@ from gateway.ports import OutboxRow
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoints
 # The newest committed outbox rows, kept to hand to relays without reading them back (a relay
 # that is behind them reads the table). About 6 MB at most.
@@ -94,7 +94,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     body BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sink_progress (sink TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+-- feed: what last_seq counts: `outbox` (a configured sink), `replay` (a replay's output file,
+-- `replay-done` once that replay finished) or `quarantine` (a quarantine id, not an outbox seq)
+CREATE TABLE IF NOT EXISTS sink_progress (
+    sink TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, feed TEXT NOT NULL DEFAULT 'outbox'
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     message_key TEXT NOT NULL,
@@ -109,6 +113,15 @@ CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at);
 """
 
 EVENT_COLUMNS: Final = tuple(EventRecord.__struct_fields__)
+# The outbox rows every sink still feeding has taken: the configured sinks and unfinished
+# replays. A finished replay's output, or a quarantine relay (whose position is a quarantine
+# id), would hold every later row for ever; in a store only ever replayed into, the finished
+# replays' outputs are all there is.
+_PURGE_UP_TO: Final = (
+    "SELECT COALESCE("
+    "(SELECT MIN(last_seq) FROM sink_progress WHERE feed IN ('outbox', 'replay')),"
+    " (SELECT MIN(last_seq) FROM sink_progress WHERE feed = 'replay-done'), 0)"
+)
 _SELECT_EVENTS: Final = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _SELECT_QUARANTINE: Final = (
     "SELECT id, message_key, version, reason, detail, source, received_at, body FROM quarantine"
@@ -171,6 +184,13 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
     if columns and "pair_closed" not in columns:  # schema 1: pairing windows came later
         await conn.execute(
             "ALTER TABLE events ADD COLUMN pair_closed INTEGER NOT NULL DEFAULT 0"
+        )
+    progress = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(sink_progress)")}
+    if progress and "feed" not in progress:  # schema 2: every feed counted as the outbox's
+        await conn.executescript(
+            "ALTER TABLE sink_progress ADD COLUMN feed TEXT NOT NULL DEFAULT 'outbox';"
+            " UPDATE sink_progress SET feed = 'quarantine' WHERE sink LIKE '%:quarantine';"
+            " UPDATE sink_progress SET feed = 'replay-done' WHERE sink = 'replay-output';"
         )
 
 
@@ -468,10 +488,31 @@ class Store:
         rows = await self._query("SELECT last_seq FROM sink_progress WHERE sink = ?", (sink,))
         return int(rows[0][0]) if rows else None
 
-    async def register_sink(self, sink: str, start: int = 0) -> None:
+    async def register_sink(self, sink: str, start: int = 0, feed: str = "outbox") -> None:
         await self._statement(
-            "INSERT OR IGNORE INTO sink_progress VALUES (?, ?)", (sink, start)
+            "INSERT OR IGNORE INTO sink_progress (sink, last_seq, feed) VALUES (?, ?, ?)",
+            (sink, start, feed),
         )
+
+    async def set_feed(self, sink: str, feed: str) -> None:
+        await self._statement("UPDATE sink_progress SET feed = ? WHERE sink = ?", (feed, sink))
+
+    async def forget_sinks(self, keep: Iterable[str]) -> dict[str, int]:
+        """Drop the progress of every sink fed by the live service but not in `keep` (no longer
+        configured), so that it no longer holds the outbox back from the purge. Returns each
+        one's name and the events it had not taken."""
+        kept = list(keep)
+
+        def forget(db: sqlite3.Connection) -> dict[str, int]:
+            gone = {name: int(pending) for name, pending in db.execute(
+                f"SELECT sink, CASE feed WHEN 'outbox' THEN MAX(({_HIGHEST_OUTBOX_SEQ})"
+                " - last_seq, 0) ELSE 0 END FROM sink_progress"
+                f" WHERE feed IN ('outbox', 'quarantine') AND sink NOT IN ({_placeholders(kept)})",
+                kept)}
+            db.executemany("DELETE FROM sink_progress WHERE sink = ?", [(n,) for n in gone])
+            return gone
+
+        return await self._transaction(forget)
 
     async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:
         recent = self._recent
@@ -580,7 +621,7 @@ class Store:
         now: dt.datetime | None = None,
     ) -> dict[str, int]:
         """Delete what is older than the retention periods, and every outbox row that every
-        sink has relayed (sinks are fed from the outbox only)."""
+        sink still feeding has taken (see _PURGE_UP_TO)."""
         now = now or dt.datetime.now(dt.UTC)
 
         def cutoff(days: int) -> int:
@@ -597,8 +638,7 @@ class Store:
                 cursor = db.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
                 deleted[table] = cursor.rowcount
             cursor = db.execute(
-                "DELETE FROM outbox WHERE seq <= "
-                "(SELECT COALESCE(MIN(last_seq), 0) FROM sink_progress)"
+                f"DELETE FROM outbox WHERE seq <= ({_PURGE_UP_TO})"
             )
             deleted["outbox"] = cursor.rowcount
             return deleted

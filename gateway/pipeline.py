@@ -125,6 +125,7 @@ class Relay:
         send: Send | None = None,
         max_backlog: int | None = None,
         stall_after_s: float = 10.0,
+        feed: str = "outbox",
     ) -> None:
         self.store = store
         self.max_backlog = max_backlog  # outbox relays: throttle the intake past this
@@ -137,6 +138,7 @@ class Relay:
         self.wake = asyncio.Event()
         self.stalled = False  # the last attempt to relay failed, or the current one hangs
         self.stall_after_s = stall_after_s
+        self.feed = feed  # outbox, quarantine or replay: what the store keeps for it
 
     async def start(self, from_end: int | None = None) -> bool:
         """Load progress; a new sink starts at `from_end` (or the beginning). True if new."""
@@ -145,7 +147,7 @@ class Relay:
             self.position = known
             return False
         self.position = from_end or 0
-        await self.store.register_sink(self.name, self.position)
+        await self.store.register_sink(self.name, self.position, self.feed)
         return True
 
     async def pump(self) -> int:

@@ -43,7 +43,8 @@ async def replay(
         if metrics is not None:
             metrics.pairs_closed(outcomes)
 
-    relay = Relay(store, sink)
+    relay = Relay(store, sink, feed="replay")
+    await store.set_feed(relay.name, "replay")  # resumed: unfinished again
     await relay.start()
     await relay.drain()  # what an earlier, interrupted run committed but did not relay
     async for batch in batches:
@@ -55,6 +56,7 @@ async def replay(
             progress(tally.messages)
     if close_windows:  # as if every pairing window had passed
         await close(2**62)
+    await store.set_feed(relay.name, "replay-done")  # the outbox need no longer be kept for it
     return tally
 
 

@@ -27,7 +27,10 @@ class MemoryStore:
     async def sink_progress(self, sink: str) -> int | None:
         return 0
 
-    async def register_sink(self, sink: str, start: int = 0) -> None:
+    async def register_sink(self, sink: str, start: int = 0, feed: str = "outbox") -> None:
+        return None
+
+    async def set_feed(self, sink: str, feed: str) -> None:
         return None
 
     async def outbox_after(self, seq: int, limit: int) -> list[OutboxRow]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -200,3 +201,75 @@ def test_marks_leave_batch_commits_fully_synchronous(tmp_path: Path) -> None:
             return [row[0] for row in await store._query("PRAGMA synchronous")]
 
     assert asyncio.run(scenario()) == [2]  # FULL: every batch commit is fsynced
+
+
+def test_only_configured_sinks_hold_the_outbox_back_from_the_purge(tmp_path: Path) -> None:
+    """Until stop 16 every registration counted: a quarantine relay (whose position is a
+    quarantine id, a few dozen) or a finished `quarantine replay`'s output kept every outbox
+    row after its position for ever, so the store grew without end. An unfinished replay's
+    output still counts: resumed, it needs its rows."""
+
+    async def scenario() -> tuple[dict[str, int], int, list[int], int]:
+        async with await Store.open(tmp_path / "g.db") as store:
+            await commit_new_events(store, 10)
+            await store.register_sink("amqp:aes.events@localhost/", 0)
+            await store.register_sink("amqp:aes.events@localhost/:quarantine", 1, "quarantine")
+            await store.register_sink("replay-output", 2, "replay-done")
+            await store.register_sink("jsonl:/gone.jsonl", 4)
+            await store.mark_sent("amqp:aes.events@localhost/", 7)
+            forgotten = await store.forget_sinks(["amqp:aes.events@localhost/",
+                                                  "amqp:aes.events@localhost/:quarantine"])
+            deleted = await store.purge(400)
+            left = [row.seq for row in await from_table(tmp_path / "g.db", 0)]
+            await store.set_feed("replay-output", "replay")  # a replay resumed, unfinished
+            await commit_new_events(store, 2)
+            await store.mark_sent("amqp:aes.events@localhost/", 12)
+            return forgotten, deleted["outbox"], left, (await store.purge(400))["outbox"]
+
+    forgotten, deleted, left, then_deleted = asyncio.run(scenario())
+    assert forgotten == {"jsonl:/gone.jsonl": 6}  # 10 events, 4 of them taken
+    assert deleted == 7
+    assert left == [8, 9, 10]
+    assert then_deleted == 0  # the replay output is at 2: rows 8-12 wait for it
+
+
+def test_a_schema_2_store_learns_which_progress_counts_what(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+
+    async def open_and_close() -> None:
+        async with await Store.open(path):
+            pass
+
+    asyncio.run(open_and_close())
+    with sqlite3.connect(path) as db:  # sink_progress as schema 2 left it
+        db.executescript("DROP TABLE sink_progress; CREATE TABLE sink_progress "
+                         "(sink TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);"
+                         "INSERT INTO sink_progress VALUES ('mqtt:aes@h:1883', 5),"
+                         " ('amqp:x@h/:quarantine', 2), ('replay-output', 1);")
+    asyncio.run(open_and_close())
+    with sqlite3.connect(path) as db:
+        feeds = dict(db.execute("SELECT sink, feed FROM sink_progress"))
+    assert feeds == {"mqtt:aes@h:1883": "outbox", "amqp:x@h/:quarantine": "quarantine",
+                     "replay-output": "replay-done"}
+
+
+def test_the_gateway_forgets_a_sink_no_longer_configured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from adapters.runtime import run
+    from gateway import config as cfg
+    from tests.helpers import push_to_jsonl
+
+    async def scenario() -> set[str]:
+        async with await Store.open(tmp_path / "g.db") as store:
+            await commit_new_events(store, 3)
+            await store.register_sink("mqtt:aes@old-broker:1883", 1)
+        config = cfg.parse(push_to_jsonl(tmp_path, 0) + '[http]\nlisten = "127.0.0.1:0"\n')
+        await run(config, until_idle=0.3)
+        async with await Store.open(tmp_path / "g.db") as store:
+            return {name for name, in await store._query("SELECT sink FROM sink_progress")}
+
+    assert asyncio.run(scenario()) == {f"jsonl:{(tmp_path / 'out.jsonl').resolve()}"}
+    assert ("sink mqtt:aes@old-broker:1883 is no longer configured: its progress is dropped, "
+            "and the 2 events it had not taken are no longer kept for it") in caplog.text
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3  # the new sink: all

@@ -11,7 +11,7 @@ from typing import Final
 
 from aiohttp import web
 
-from adapters.tls import server_context
+from adapters.tls import ClientRules, server_context, subject_text
 from gateway.config import PushSource as PushConfig
 from gateway.decide import Result
 from gateway.model import RawMessage
@@ -55,11 +55,18 @@ class PushReceiver:
         self._runner: web.AppRunner | None = None
         self._accepting = True
         self.max_bytes = max_bytes
+        self._clients = ClientRules(config.tls.allowed_clients if config.tls else ())
         app = web.Application()  # the body is read in chunks, and cut at max_bytes
         app.router.add_post(config.path, self._receive)
         self.app = app
 
     async def _receive(self, request: web.Request) -> web.Response:
+        if self._clients.rules:
+            cert = request.transport.get_extra_info("peercert") if request.transport else None
+            if not self._clients.allow(cert):  # verified, but not the Beskedfordeler's
+                log.warning("push refused: client certificate not in allowed_clients",
+                            extra={"source": self.name, "subject": subject_text(cert)})
+                return web.Response(status=403, text="client certificate not allowed\n")
         if not self._accepting:
             return answer(NOT_NOW, "shutting down")
         body = await self._read(request)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
+from typing import Any
 
-from gateway.config import TlsConfig
+from gateway.config import TlsConfig, subject_rule
 
 
 def client_context(tls: TlsConfig | None) -> ssl.SSLContext:
@@ -24,3 +26,24 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     context.load_cert_chain(tls.cert_file, tls.key_file)
     context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
     return context
+
+
+class ClientRules:
+    """`allowed_clients`: a verified client certificate is accepted if its subject holds every
+    attribute of one rule."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.rules = [subject_rule(entry) for entry in entries]
+
+    def allow(self, cert: dict[str, Any] | None) -> bool:
+        if not self.rules:
+            return True
+        subject = {(name, value) for rdn in (cert or {}).get("subject", ())
+                   for name, value in rdn}
+        return any(rule <= subject for rule in self.rules)
+
+
+def subject_text(cert: dict[str, Any] | None) -> str:
+    """A certificate's subject for the log: `commonName=..., organizationName=...`."""
+    return ", ".join(f"{name}={value}" for rdn in (cert or {}).get("subject", ())
+                     for name, value in rdn) or "(no certificate)"

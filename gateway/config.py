@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -36,6 +36,10 @@ class TlsConfig(Strict):
     cert_file: str | None = None  # our certificate (client cert, or the push server's)
     key_file: str | None = None
     require_client_cert: bool = False  # push receiver: verify the BFO function certificate
+    # Push receiver: of the certificates ca_file vouches for (an OCES3 CA vouches for every
+    # Danish organisation's), accept only those whose subject has every attribute of one
+    # entry, e.g. "organizationIdentifier=NTRDK-19435075" or "CN=...,O=...". Empty: any.
+    allowed_clients: list[str] = []
 
 
 class StsConfig(Strict):
@@ -167,6 +171,41 @@ def _plaintext_refused(where: str, url: str, secure_schemes: tuple[str, ...]) ->
     )
 
 
+# Certificate subject attributes an allowed_clients entry may name: the short names (RFC 4514)
+# and the long ones Python's ssl module reports, both to the long one.
+SUBJECT_ATTRIBUTES: Final[dict[str, str]] = {
+    "CN": "commonName", "O": "organizationName", "OU": "organizationalUnitName",
+    "C": "countryName", "L": "localityName", "ST": "stateOrProvinceName",
+    "serialNumber": "serialNumber", "organizationIdentifier": "organizationIdentifier",
+}
+SUBJECT_ATTRIBUTES.update({name: name for name in list(SUBJECT_ATTRIBUTES.values())})
+
+
+def subject_rule(entry: str) -> frozenset[tuple[str, str]]:
+    """`"CN=Beskedfordeler, O=KOMBIT A/S"` -> {("commonName", ...), ("organizationName", ...)}.
+    Values cannot hold commas; ValueError for anything else than known `name=value` pairs."""
+    pairs = set()
+    for part in entry.split(","):
+        name, equals, value = part.strip().partition("=")
+        if not equals or not value.strip() or name.strip() not in SUBJECT_ATTRIBUTES:
+            raise ValueError(f"{part.strip()!r} is not one of "
+                             f"{', '.join(sorted(SUBJECT_ATTRIBUTES))} = value")
+        pairs.add((SUBJECT_ATTRIBUTES[name.strip()], value.strip()))
+    return frozenset(pairs)
+
+
+def _check_client_rules(where: str, tls: TlsConfig) -> None:
+    if not tls.allowed_clients:
+        return
+    if not tls.require_client_cert:
+        raise ConfigError(f"{where}.tls.allowed_clients needs require_client_cert = true")
+    for entry in tls.allowed_clients:
+        try:
+            subject_rule(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.tls.allowed_clients: {exc}") from None
+
+
 def _check_transport(config: Config) -> None:
     """TLS (with verification, which is always on) for everything that leaves this machine."""
     for index, source in enumerate(config.sources):
@@ -181,6 +220,8 @@ def _check_transport(config: Config) -> None:
               and not source.insecure_plaintext):
             raise ConfigError(f"{where}: a push receiver on {source.listen!r} needs [tls], or "
                               "insecure_plaintext = true if you really mean it")
+        elif source.tls is not None:
+            _check_client_rules(where, source.tls)
     for index, sink in enumerate(config.sinks):
         if isinstance(sink, JsonlSink) or sink.insecure_plaintext:
             continue

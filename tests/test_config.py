@@ -53,6 +53,22 @@ def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(cfg.ConfigError, match="AMQP_PASSWORD"):
         cfg.parse(MINIMAL.replace("guest:guest", "guest:${AMQP_PASSWORD}"))
 
+PUSH_TLS = """
+[[sources]]
+type = "push"
+[sources.tls]
+cert_file = "server.pem"
+{rules}
+[[sinks]]
+type = "jsonl"
+path = "out.jsonl"
+"""
+
+
+def test_an_allowed_client_rule_reads_short_and_long_names() -> None:
+    assert cfg.subject_rule("CN=Beskedfordeler, organizationIdentifier=NTRDK-19435075") == {
+        ("commonName", "Beskedfordeler"), ("organizationIdentifier", "NTRDK-19435075")}
+
 
 @pytest.mark.parametrize(
     ("text", "message"),
@@ -64,6 +80,12 @@ def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
          "cpr_secret"),
         (MINIMAL.replace('path = "out.jsonl"', 'path = "o"\ncpr = "hashed"'), "cpr"),
         ("not = [toml", "not valid TOML"),
+        (PUSH_TLS.format(rules='allowed_clients = ["CN=Beskedfordeler"]'),
+         "allowed_clients needs require_client_cert = true"),
+        (PUSH_TLS.format(rules='require_client_cert = true\nallowed_clients = ["CN"]'),
+         "allowed_clients: 'CN' is not one of"),
+        (PUSH_TLS.format(rules='require_client_cert = true\nallowed_clients = ["E=x@y.dk"]'),
+         "allowed_clients: 'E=x@y.dk' is not one of"),
     ],
 )
 def test_invalid_configurations_say_why(text: str, message: str) -> None:

@@ -162,6 +162,47 @@ def test_push_answers_40_when_the_store_cannot_commit(tmp_path: Path, broken: bo
     assert asyncio.run(scenario()) == (40 if broken else 20)
 
 
+def test_push_accepts_only_the_allowed_client_certificates(tmp_path: Path) -> None:
+    """A CA such as OCES3 vouches for every Danish organisation's function certificate: until
+    stop 16 any of them could push case events that the gateway emitted as AES's."""
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port = free_port()
+    config = cfg.parse(push_to_jsonl(tmp_path, port, f"""
+        [sources.tls]
+        cert_file = "{tmp_path / 'server.pem'}"
+        key_file = "{tmp_path / 'server.pem'}"
+        ca_file = "{tmp_path / 'ca.pem'}"
+        require_client_cert = true
+        allowed_clients = ["CN=Beskedfordeler, O=KOMBIT A/S"]
+    """) + '[http]\nlisten = "127.0.0.1:0"\n')
+    contexts = {}
+    for organisation in ("KOMBIT A/S", "Anden A/S"):  # the same CN, from the same CA
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        ca.issue_cert("client", common_name="Beskedfordeler",
+                      organization_name=organisation).configure_cert(context)
+        contexts[organisation] = context
+
+    async def status(context: ssl.SSLContext) -> int:
+        async with aiohttp.ClientSession() as session, session.post(
+            f"https://127.0.0.1:{port}/", data=PUSH_BODY, ssl=context) as response:
+            return response.status if response.status != 200 else status_code(
+                await response.text())
+
+    async def scenario() -> list[int]:
+        service = asyncio.create_task(run(config, until_idle=0.5))
+        answers = [await when_up(lambda: status(contexts["Anden A/S"])),
+                   await status(contexts["KOMBIT A/S"])]
+        await service
+        return answers
+
+    assert asyncio.run(scenario()) == [403, 20]
+    assert [e["event_type"] for e in read_jsonl(tmp_path / "out.jsonl")] == [
+        "rejected", "case_linked"]  # the allowed one only
+
+
 def test_push_answers_40_when_overloaded() -> None:
     async def scenario() -> int:
         intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1)

@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar, cast
 import aiosqlite
 import msgspec
 
-from gateway import canonical
+from gateway import canonical, report
 from gateway.correlate import CorrelationState, Effects, EventRecord, Link
 from gateway.decide import BatchKeys, Prepared, Result
 from gateway.model import Outcome
@@ -121,6 +121,17 @@ _PURGE_UP_TO: Final = (
     "SELECT COALESCE("
     "(SELECT MIN(last_seq) FROM sink_progress WHERE feed IN ('outbox', 'replay')),"
     " (SELECT MIN(last_seq) FROM sink_progress WHERE feed = 'replay-done'), 0)"
+)
+_REPORT_CELL: Final = ("strftime('%Y-%m', first_seen, 'unixepoch') AS month,"
+                       " COALESCE(municipality_code, 'unknown') AS kommune")
+_REPORT_COUNTS: Final = (
+    f"SELECT {_REPORT_CELL}, SUM(first_version = '2.2'), SUM(first_version <> '2.2'),"
+    " SUM(versions = 3), SUM(versions = 1), SUM(versions NOT IN (1, 3)),"
+    " SUM(versions = 3 AND other_seen IS NOT NULL) FROM events GROUP BY month, kommune"
+)
+_REPORT_LAGS: Final = (
+    f"SELECT {_REPORT_CELL}, other_seen - first_seen AS lag FROM events"
+    " WHERE versions = 3 AND other_seen IS NOT NULL ORDER BY month, kommune, lag"
 )
 _SELECT_EVENTS: Final = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _SELECT_QUARANTINE: Final = (
@@ -581,12 +592,18 @@ class Store:
         age = None if oldest is None else max(dt.datetime.now(dt.UTC).timestamp() - oldest, 0)
         return int(count), age
 
-    async def report_rows(self) -> list[tuple[int, str | None, str, int, int | None]]:
-        rows = await self._query(
-            "SELECT first_seen, municipality_code, first_version, versions,"
-            " other_seen - first_seen FROM events"
-        )
-        return [tuple(row) for row in rows]
+    async def migration_report(self) -> list[dict[str, object]]:
+        """The migration report (gateway/report.py), counted and sorted by SQLite on its
+        thread; the sort spills to a temporary file rather than memory."""
+
+        def build(db: sqlite3.Connection) -> list[dict[str, object]]:
+            db.execute("PRAGMA temp_store=FILE")
+            try:
+                return report.build(db.execute(_REPORT_COUNTS), db.execute(_REPORT_LAGS))
+            finally:
+                db.execute("PRAGMA temp_store=MEMORY")
+
+        return await self._run(build)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())

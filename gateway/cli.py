@@ -133,7 +133,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if not args.store.exists():
             raise UsageError(f"no store at {str(args.store)!r}")
         async with await Store.open(args.store) as store:
-            rows = report.build(await store.report_rows())
+            rows = await store.migration_report()
         if args.format == "json":
             _write_json("-", rows)
         else:

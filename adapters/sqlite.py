@@ -14,7 +14,7 @@ import itertools
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -390,6 +390,7 @@ class Store:
         self._lock = asyncio.Lock()
         self._recent: deque[OutboxRow] = deque(maxlen=RECENT_OUTBOX_ROWS)  # committed only
         self._retrying: dict[str, QuarantineRow] = {}  # by the source they are read from
+        self._retrying_keys: set[str] = set()  # their message keys
         self._claimed: int | None = None  # the lock file's descriptor, if this one decides
 
     async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -465,10 +466,11 @@ class Store:
         not by key: a message refused for its size before its envelope was read has another
         key once it is read."""
         self._retrying.update(rows)
+        self._retrying_keys.update(row.message_key for row in rows.values())
 
     async def load_state(self, keys: BatchKeys) -> CorrelationState:
         """Everything the batch's decisions may depend on, and nothing else."""
-        retried = frozenset(row.message_key for row in self._retrying.values())
+        retried = frozenset(self._retrying_keys.intersection(keys.message_keys))
         try:
             return await self._run(lambda db: _load_state(db, keys, retried))
         except sqlite3.Error as exc:
@@ -480,15 +482,15 @@ class Store:
         """Every outcome of the batch in one transaction."""
         now = int(dt.datetime.now(dt.UTC).timestamp())
         retrying = self._retrying
-        retried = ([retrying[p.raw.source] for p in batch if p.raw.source in retrying]
-                   if retrying else [])
+        sources = [p.raw.source for p in batch if p.raw.source in retrying] if retrying else []
+        retried = [retrying[source] for source in sources]
         try:
             rows = await self._transaction(
                 lambda db: _write(db, batch, results, effects, now, retried))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
-        for p in batch if retried else ():
-            retrying.pop(p.raw.source, None)
+        for source in sources:
+            self._retrying_keys.discard(retrying.pop(source).message_key)
         if self._recent and rows and rows[0].seq != self._recent[-1].seq + 1:
             self._recent.clear()  # a gap (another writer?): keep only contiguous rows
         self._recent.extend(rows)
@@ -626,6 +628,25 @@ class Store:
             query += f" WHERE id IN ({_placeholders(params)})"
         rows = await self._query(query + " ORDER BY id", params)
         return [QuarantineRow(*row) for row in rows]
+
+    async def quarantined_pages(
+        self, only: int | None = None, with_body: bool = True, page: int = 500
+    ) -> AsyncIterator[list[QuarantineRow]]:
+        """The quarantine (or the one message `only`) in id order, a page at a time: it can
+        hold millions of raw messages when a whole kind of input was refused. Without the
+        body, `body` is empty."""
+        columns = _SELECT_QUARANTINE if with_body else _SELECT_QUARANTINE.replace(
+            ", body FROM", ", X'' FROM")
+        after = 0
+        while True:
+            where = "id > ?" + (" AND id = ?" if only is not None else "")
+            params = (after, only) if only is not None else (after,)
+            rows = [QuarantineRow(*row) for row in await self._query(
+                f"{columns} WHERE {where} ORDER BY id LIMIT {int(page)}", params)]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].seq
 
     async def quarantine_after(self, seq: int, limit: int) -> list[QuarantineRow]:
         rows = await self._query(

@@ -253,10 +253,11 @@ async def _quarantine(args: argparse.Namespace) -> int:
         return 0
     async with await Store.open(args.store) as store:
         if args.action == "list":
-            for row in await store.quarantined():
-                print(json.dumps({"id": row.seq, "message_key": row.message_key,
-                                  "version": row.version, "reason": row.reason,
-                                  "detail": row.detail, "source": row.source}))
+            async for page in store.quarantined_pages(with_body=False):
+                for row in page:
+                    print(json.dumps({"id": row.seq, "message_key": row.message_key,
+                                      "version": row.version, "reason": row.reason,
+                                      "detail": row.detail, "source": row.source}))
             return 0
         if args.action == "show":
             if args.id is None:
@@ -282,11 +283,15 @@ async def _retry_quarantined(
     with tempfile.TemporaryDirectory(prefix="aes-gateway-q-") as tmp:
 
         async def requeue(store: Store) -> list[Path]:
-            rows = await store.quarantined(None if quarantine_id is None else [quarantine_id])
-            paths = [Path(tmp) / f"{row.seq:012d}.xml" for row in rows]
-            for path, row in zip(paths, rows, strict=True):
-                path.write_bytes(row.body)
-            store.retry({file_source(path): row for path, row in zip(paths, rows, strict=True)})
+            """The messages to files, a page at a time; the store keeps each one's id and
+            key, not its body."""
+            paths = []
+            async for page in store.quarantined_pages(quarantine_id):
+                for row in page:
+                    path = Path(tmp) / f"{row.seq:012d}.xml"
+                    path.write_bytes(row.body)
+                    store.retry({file_source(path): msgspec.structs.replace(row, body=b"")})
+                    paths.append(path)
             return paths
 
         return await run_replay([], store_path, output, max_bytes=max_bytes, requeue=requeue)

@@ -8,6 +8,7 @@ commits; sinks are fed from the outbox, each with its own progress.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import fcntl
 import itertools
@@ -190,7 +191,14 @@ def _claim(path: Path) -> int:
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
-    """Bring a store written by an earlier version up to this schema."""
+    """Bring a store written by an earlier version up to this schema; refuse a later one."""
+    if await conn.execute_fetchall(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"):
+        found = list(await conn.execute_fetchall(
+            "SELECT value FROM meta WHERE key = 'schema_version'"))
+        if found and int(found[0][0]) > SCHEMA_VERSION:
+            raise StoreError(f"the store was written by a newer aes-gateway (schema "
+                             f"{found[0][0]}; this one knows up to {SCHEMA_VERSION})")
     columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
     if columns and "pair_closed" not in columns:  # schema 1: pairing windows came later
         await conn.execute(
@@ -417,7 +425,7 @@ class Store:
         tenth of the fsyncs; the live service keeps short checkpoints, short pauses.
         `claim`: this process will decide and relay; StoreError if another one does."""
         path = Path(path)
-        claimed = None
+        claimed = conn = None
         try:
             _create_private(path)
             claimed = _claim(path) if claim else None
@@ -433,13 +441,15 @@ class Store:
             await conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
-        except (OSError, aiosqlite.Error) as exc:
+        except BaseException as exc:
+            # the connection's thread, left open, would keep the process from ever exiting
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
             if claimed is not None:
                 os.close(claimed)
-            raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
-        except BaseException:
-            if claimed is not None:
-                os.close(claimed)
+            if isinstance(exc, OSError | aiosqlite.Error):
+                raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
             raise
         store = cls(conn, path)
         store._claimed = claimed

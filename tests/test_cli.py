@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,27 @@ def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("replay", str(FIXTURES), "--store", str(blocker / "s.db"), check=False)
     assert result.returncode == 2
     assert "cannot open store" in result.stderr
+
+
+@pytest.mark.parametrize("store", ["not a database", "a newer schema"])
+def test_a_store_that_cannot_be_used_is_a_clear_error_and_an_exit(
+    tmp_path: Path, store: str
+) -> None:
+    """Until stop 16 a file that is not SQLite printed its error and then hung for ever: the
+    connection's thread was never closed. A store of a later version was silently marked
+    as this version's."""
+    path = tmp_path / "s.db"
+    if store == "not a database":
+        path.write_text("these are not the bytes of an SQLite database\n")
+    else:
+        run_cli("replay", str(FIXTURES), "--store", str(path), "--output", os.devnull)
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        db.close()
+    result = run_cli("report", "--store", str(path), check=False, timeout=30)
+    assert result.returncode == 2
+    assert ("file is not a database" if store == "not a database"
+            else "written by a newer aes-gateway (schema 99") in result.stderr
 
 
 def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from adapters.mqtt import MqttSink
 from adapters.push import PushReceiver
 from adapters.sqlite import Store
 from gateway import config as cfg
+from gateway.clock import LiveClock
 from gateway.envelope import EnvelopeReader
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, Relay
@@ -77,10 +78,11 @@ def _relays(
 
 
 async def _observe(
-    service: Service, store: Store, metrics: Metrics, config: cfg.Config, every_s: float = 5.0
+    service: Service, store: Store, metrics: Metrics, config: cfg.Config, clock: LiveClock,
+    every_s: float = 5.0,
 ) -> None:
-    """Gauges from the store and the sources; pairing windows closed on the wall clock;
-    retention purged hourly."""
+    """Gauges from the store and the sources; pairing windows closed on the stream's clock
+    (gateway/clock.py) every minute; retention purged hourly."""
     loop = asyncio.get_running_loop()
     window_s = int(config.matching.pair_window_hours * 3600)
     last_close = last_purge = 0.0
@@ -88,7 +90,7 @@ async def _observe(
         try:
             await _observe_once(service, store, metrics)
             if loop.time() - last_close >= 60:
-                metrics.pairs_closed(await store.close_pairs(int(time.time()), window_s))
+                metrics.pairs_closed(await store.close_pairs(clock.now(), window_s))
                 last_close = loop.time()
             if loop.time() - last_purge >= 3600:
                 deleted = await store.purge(config.store.retention_days,
@@ -182,7 +184,9 @@ async def run(
             opened.callback(pool.close)
             pool.start()
         metrics = Metrics(CollectorRegistry())
-        pipeline = Pipeline(store, reader, config.matching.tolerance_seconds, [metrics.observe],
+        clock = LiveClock()
+        pipeline = Pipeline(store, reader, config.matching.tolerance_seconds,
+                            [metrics.observe, clock.observe],
                             parse_pool=pool)
         intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.store.batch_size * 4)
         sources = [_source(s, intake, config.matching.max_message_bytes) for s in config.sources]
@@ -202,7 +206,7 @@ async def run(
         if config.http.listen:
             health = await _health(service, config.http.listen, metrics)
             opened.push_async_callback(_quietly, health.cleanup)
-        observer = asyncio.create_task(_observe(service, store, metrics, config))
+        observer = asyncio.create_task(_observe(service, store, metrics, config, clock))
         opened.push_async_callback(_cancelled, observer)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

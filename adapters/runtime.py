@@ -9,7 +9,6 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -49,8 +48,7 @@ def _relays(
 ) -> tuple[list[Relay], Callable[[], Awaitable[None]]]:
     """The relays feeding one configured sink, and how to close it."""
     if isinstance(spec, cfg.JsonlSink):
-        jsonl = JsonlSink(spec.path, name=f"jsonl:{Path(spec.path).resolve()}",
-                          rotate_bytes=spec.rotate_bytes)
+        jsonl = JsonlSink(spec.path, name=cfg.sink_name(spec), rotate_bytes=spec.rotate_bytes)
         jsonl.open(truncate=False)
 
         async def close_file() -> None:
@@ -60,11 +58,10 @@ def _relays(
         close = close_file
         window = 1000
     elif isinstance(spec, cfg.MqttSink):
-        mqtt = MqttSink(spec, f"mqtt:{spec.topic_prefix}@{spec.url.rsplit('@', 1)[-1]}")
+        mqtt = MqttSink(spec, cfg.sink_name(spec))
         sink, close, window = mqtt, mqtt.close, spec.window
     else:
-        amqp = AmqpSink(spec, plain_connector(spec.url, spec.tls),
-                        f"amqp:{spec.exchange}@{spec.url.rsplit('@', 1)[-1]}")
+        amqp = AmqpSink(spec, plain_connector(spec.url, spec.tls), cfg.sink_name(spec))
         sink, close, window = amqp, amqp.close, spec.confirm_window
     relays = [Relay(store, CprFilter(sink, spec.cpr, spec.cpr_secret), window,
                     max_backlog=spec.max_backlog)]

@@ -104,6 +104,17 @@ class JsonlSink(SinkCommon, tag_field="type", tag="jsonl", kw_only=True):
     rotate_bytes: int = 100 * 1024 * 1024  # start a new file past this size; 0: never
 
 
+def sink_name(sink: AmqpSink | MqttSink | JsonlSink) -> str:
+    """The name a sink's progress is kept under in the store: its destination, without
+    credentials. Two sinks of one name would share one progress, and each skip, after a
+    restart, what the other had sent."""
+    if isinstance(sink, JsonlSink):
+        return f"jsonl:{Path(sink.path).resolve()}"
+    kind, where = (("mqtt", sink.topic_prefix) if isinstance(sink, MqttSink)
+                   else ("amqp", sink.exchange))
+    return f"{kind}:{where}@{sink.url.rsplit('@', 1)[-1]}"
+
+
 class StoreConfig(Strict):
     path: str = "gateway.db"
     retention_days: int = 400
@@ -254,6 +265,11 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"sinks[{index}]: cpr = 'pseudonymised' needs cpr_secret")
         if sink.max_backlog < 1:
             raise ConfigError(f"sinks[{index}].max_backlog must be at least 1")
+    names = [sink_name(sink) for sink in config.sinks]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError(f"sinks[{names.index(name)}] and sinks[{index}] are the same "
+                              f"destination ({name}): give it one sink")
 
 
 def parse(text: str) -> Config:

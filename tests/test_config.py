@@ -80,6 +80,8 @@ def test_an_allowed_client_rule_reads_short_and_long_names() -> None:
          "cpr_secret"),
         (MINIMAL.replace('path = "out.jsonl"', 'path = "o"\ncpr = "hashed"'), "cpr"),
         ("not = [toml", "not valid TOML"),
+        (MINIMAL + '[[sinks]]\ntype = "jsonl"\npath = "./out.jsonl"\ncpr = "omitted"\n',
+         r"sinks\[0\] and sinks\[1\] are the same destination \(jsonl:/"),
         (PUSH_TLS.format(rules='allowed_clients = ["CN=Beskedfordeler"]'),
          "allowed_clients needs require_client_cert = true"),
         (PUSH_TLS.format(rules='require_client_cert = true\nallowed_clients = ["CN"]'),

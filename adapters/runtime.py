@@ -197,6 +197,8 @@ async def run(
         for name, pending in (await store.forget_sinks(r.name for r in relays)).items():
             log.warning("sink %s is no longer configured: its progress is dropped, and the "
                         "%d events it had not taken are no longer kept for it", name, pending)
+        for relay in relays:  # registered before the observer's first purge (the service's
+            await relay.start()  # own start finds them so): a new sink keeps every row
         service = Service(pipeline, intake, sources, relays, config.store.batch_size,
                           config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
                           [*closers, store.close])

@@ -209,7 +209,7 @@ async def run(
         opened.push_async_callback(_cancelled, observer)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: a closed terminal
             loop.add_signal_handler(signum, stop.set)
             opened.callback(loop.remove_signal_handler, signum)
         await service.run(stop, until_idle)

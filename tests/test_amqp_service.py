@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from gateway.simulate import simulate
 from tests import brokers
 from tests.conftest import CLI, ROOT, run_cli
@@ -47,7 +49,10 @@ def test_both_versions_from_two_queues_give_each_event_once(tmp_path: Path) -> N
           f"{len(quarantined)} in quarantine, as keyed")
 
 
-def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_sigterm_mid_stream_loses_nothing(tmp_path: Path, signum: signal.Signals) -> None:
+    """SIGHUP (the terminal closed) stops the gateway as SIGTERM does: until stop 16 it
+    ended the process on the spot, without its graceful stop."""
     sim = simulate(cases=150, seed=8, bad_share=0.0, scenarios=False)
     topo = asyncio.run(brokers.declare())
     config = tmp_path / "gateway.toml"
@@ -57,7 +62,7 @@ def test_sigterm_mid_stream_loses_nothing(tmp_path: Path) -> None:
         env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
         gateway = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=ROOT, env=env)
         time.sleep(1.5)  # mid-stream: part of the mailboxes decided
-        gateway.send_signal(signal.SIGTERM)
+        gateway.send_signal(signum)
         assert gateway.wait(timeout=60) == 0
         mid = asyncio.run(brokers.depth(topo.events_queue))
         run_cli("run", "--config", str(config), "--until-idle", "1.5")

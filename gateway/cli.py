@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
@@ -99,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(asyncio.run(_dispatch(args)) or 0)
+    except BrokenPipeError:  # `--output - | head`: the reader has had enough, as with any tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + signal.SIGPIPE
     except (UsageError, InputError, StoreError, config.ConfigError, OSError) as exc:
         print(f"aes-gateway: error: {exc}", file=sys.stderr)
         return 2

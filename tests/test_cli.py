@@ -7,12 +7,13 @@ import json
 import os
 import socket
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import CLI, ROOT, run_cli
 from tests.helpers import push_to_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -122,6 +123,21 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_not_a_crash(tmp_path: Path)
     assert json.loads(summary.read_text())["quarantined_by_reason"] == {"not_xml": 1}
     listed = json.loads(run_cli("quarantine", "list", "--store", store).stdout)
     assert listed["source"] == "file:sag-\ufffd\ufffd\ufffd.xml"
+
+
+def test_replay_to_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
+    """`replay --output - | head -1`: until stop 16 an error message and exit 2; now the
+    quiet exit of any Unix tool whose reader has had enough (128 + SIGPIPE)."""
+    run_cli("simulate", str(tmp_path / "in"), "--cases", "300", "--seed", "4")
+    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
+    replay = subprocess.Popen([*CLI, "replay", str(tmp_path / "in"), "--output", "-"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert replay.stdout is not None
+    assert replay.stdout.readline().startswith(b'{"schema":"aes.case-event/1"')
+    replay.stdout.close()
+    _, errors = replay.communicate(timeout=60)
+    assert replay.returncode == 141
+    assert errors == b""
 
 
 def test_simulate_writes_messages_and_an_answer_key(tmp_path: Path) -> None:

@@ -46,7 +46,12 @@ def setup(stream: object = None) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+    known = level in logging.getLevelNamesMapping()
+    root.setLevel(level if known else "INFO")
+    if not known:
+        logging.getLogger("aes_gateway").warning(
+            "AES_GATEWAY_LOG_LEVEL %r is not a level (DEBUG, INFO, WARNING, ERROR); INFO it is",
+            level[:20])
     # These libraries log whole SQL parameters and message bodies at DEBUG: a fixed-format
     # record holds the CPR between other digits, where no pattern can find it.
     for name in QUIET_LIBRARIES:

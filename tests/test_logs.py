@@ -8,6 +8,8 @@ import logging
 import re
 from pathlib import Path
 
+import pytest
+
 from gateway import logs
 from tests.conftest import run_cli
 
@@ -47,3 +49,15 @@ def test_a_full_replay_at_debug_logs_no_cpr(tmp_path: Path) -> None:
     assert len(result.stderr.splitlines()) > 100  # DEBUG logged every message
     for cpr in cprs:
         assert not re.search(f"{cpr[:6]}-?{cpr[6:]}", result.stderr)
+
+
+def test_an_unknown_log_level_is_said_not_silently_swallowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AES_GATEWAY_LOG_LEVEL", "LOUD")
+    stream = io.StringIO()
+    logs.setup(stream)
+    line = json.loads(stream.getvalue().splitlines()[0])
+    assert line["level"] == "warning"
+    assert "AES_GATEWAY_LOG_LEVEL 'LOUD' is not a level" in line["msg"]
+    assert logging.getLogger().level == logging.INFO

@@ -25,7 +25,7 @@ import msgspec
 from gateway import canonical, report
 from gateway.correlate import CorrelationState, Effects, EventRecord, Link
 from gateway.decide import BatchKeys, Prepared, Result
-from gateway.model import Outcome
+from gateway.model import Outcome, RawMessage
 from gateway.ports import OutboxRow
 
 T = TypeVar("T")
@@ -397,7 +397,7 @@ class Store:
         # rollback takes back. Every statement goes through the lock, transactions whole.
         self._lock = asyncio.Lock()
         self._recent: deque[OutboxRow] = deque(maxlen=RECENT_OUTBOX_ROWS)  # committed only
-        self._retrying: dict[str, QuarantineRow] = {}  # by the source they are read from
+        self._retrying: dict[RawMessage, list[QuarantineRow]] = {}  # by the message retried
         self._retrying_keys: set[str] = set()  # their message keys
         self._claimed: int | None = None  # the lock file's descriptor, if this one decides
 
@@ -469,14 +469,15 @@ class Store:
 
     # --- deciding a batch -------------------------------------------------------------------
 
-    def retry(self, rows: Mapping[str, QuarantineRow]) -> None:
-        """These quarantined messages are about to be decided again (`quarantine replay`),
-        each read from the source it is keyed by: until then they count as unseen, and the
-        commit that decides one also deletes it from the quarantine. Found again by source,
-        not by key: a message refused for its size before its envelope was read has another
-        key once it is read."""
-        self._retrying.update(rows)
-        self._retrying_keys.update(row.message_key for row in rows.values())
+    def retry(self, rows: Mapping[RawMessage, Sequence[QuarantineRow]]) -> None:
+        """These quarantined messages are about to be decided again (`quarantine replay`), as
+        the messages they are keyed by: until then they count as unseen, and the commit that
+        decides one also deletes it from the quarantine. Found again by message, not by key:
+        a message refused for its size before its envelope was read has another key once it
+        is read."""
+        for raw, quarantined in rows.items():
+            self._retrying.setdefault(raw, []).extend(quarantined)
+            self._retrying_keys.update(row.message_key for row in quarantined)
 
     async def load_state(self, keys: BatchKeys) -> CorrelationState:
         """Everything the batch's decisions may depend on, and nothing else."""
@@ -492,15 +493,16 @@ class Store:
         """Every outcome of the batch in one transaction."""
         now = int(dt.datetime.now(dt.UTC).timestamp())
         retrying = self._retrying
-        sources = [p.raw.source for p in batch if p.raw.source in retrying] if retrying else []
-        retried = [retrying[source] for source in sources]
+        raws = [p.raw for p in batch if p.raw in retrying] if retrying else []
+        retried = [row for raw in raws for row in retrying[raw]]
         try:
             rows = await self._transaction(
                 lambda db: _write(db, batch, results, effects, now, retried))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
-        for source in sources:
-            self._retrying_keys.discard(retrying.pop(source).message_key)
+        for raw in raws:
+            for row in retrying.pop(raw, ()):
+                self._retrying_keys.discard(row.message_key)
         if self._recent and rows and rows[0].seq != self._recent[-1].seq + 1:
             self._recent.clear()  # a gap (another writer?): keep only contiguous rows
         self._recent.extend(rows)
@@ -639,18 +641,28 @@ class Store:
         rows = await self._query(query + " ORDER BY id", params)
         return [QuarantineRow(*row) for row in rows]
 
+    async def quarantine_extent(self, only: int | None = None) -> tuple[int, int]:
+        """(highest id, number of rows) of the quarantine, or of the one message `only`."""
+        where = "" if only is None else f" WHERE id = {int(only)}"
+        rows = await self._query(f"SELECT COALESCE(MAX(id), 0), COUNT(*) FROM quarantine{where}")
+        return int(rows[0][0]), int(rows[0][1])
+
     async def quarantined_pages(
-        self, only: int | None = None, with_body: bool = True, page: int = 500
+        self, only: int | None = None, with_body: bool = True, page: int = 500,
+        upto: int | None = None,
     ) -> AsyncIterator[list[QuarantineRow]]:
-        """The quarantine (or the one message `only`) in id order, a page at a time: it can
-        hold millions of raw messages when a whole kind of input was refused. Without the
-        body, `body` is empty."""
+        """The quarantine (or the one message `only`, or the rows up to id `upto`) in id order,
+        a page at a time: it can hold millions of raw messages when a whole kind of input was
+        refused. Without the body, `body` is empty."""
         columns = _SELECT_QUARANTINE if with_body else _SELECT_QUARANTINE.replace(
             ", body FROM", ", X'' FROM")
         after = 0
         while True:
-            where = "id > ?" + (" AND id = ?" if only is not None else "")
-            params = (after, only) if only is not None else (after,)
+            where, params = "id > ?", [after]
+            for clause, value in (("id = ?", only), ("id <= ?", upto)):
+                if value is not None:
+                    where += f" AND {clause}"
+                    params.append(value)
             rows = [QuarantineRow(*row) for row in await self._query(
                 f"{columns} WHERE {where} ORDER BY id LIMIT {int(page)}", params)]
             if not rows:

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
 from prometheus_client import CollectorRegistry, write_to_textfile
 
-from adapters.files import InputError, JsonlSink, file_source, list_inputs, prepared_batches
-from adapters.sqlite import Store, StoreError
+from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
+from adapters.sqlite import QuarantineRow, Store, StoreError
 from gateway import canonical, config, logs, report
 from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS, DEFAULT_TOLERANCE_S
-from gateway.envelope import DEFAULT_MAX_BYTES
+from gateway.decide import Prepared, prepare
+from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
 from gateway.metrics import Metrics
+from gateway.model import RawMessage
 from gateway.replay import DEFAULT_PAIR_WINDOW_S, replay
 from gateway.simulate import simulate
 
@@ -28,7 +31,8 @@ DEFAULT_BATCH = 8000  # a commit writes every page its batch touched: bigger bat
 PARALLEL_FROM = 5000  # files
 
 
-Requeue = Callable[[Store], Awaitable[Sequence[Path]]]  # inputs read from the claimed store
+# `quarantine replay`: how many messages, and their batches, read from the claimed store
+Requeue = Callable[[Store], Awaitable[tuple[int, AsyncIterator[list[Prepared]]]]]
 
 
 class UsageError(Exception):
@@ -193,21 +197,21 @@ async def run_replay(
     requeue: Requeue | None = None,
 ) -> dict[str, object]:
     """Replay files into the store at `store_path`; returns the summary. `requeue` gives
-    the inputs instead, once the store is claimed (`quarantine replay`)."""
+    the messages instead (how many, and their batches), once the store is claimed
+    (`quarantine replay`)."""
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     files = list_inputs(inputs)
     async with await Store.open(store_path, bulk=True, claim=True) as store:
-        if requeue is not None:
-            files = list_inputs(await requeue(store))
+        total, batches = (len(files), None) if requeue is None else await requeue(store)
         sink = JsonlSink(output, name="replay-output")
         # A sink new to this store starts a new file; a resumed one continues its file.
         sink.open(truncate=await store.sink_progress(sink.name) is None)
-        bar = _ProgressBar(len(files))
+        bar = _ProgressBar(total)
         try:
-            if workers is None:
-                workers = parse_workers(len(files))
-            batches = prepared_batches(files, batch_size, max_bytes, workers)
+            if batches is None:
+                workers = parse_workers(total) if workers is None else workers
+                batches = prepared_batches(files, batch_size, max_bytes, workers)
             metrics = Metrics(CollectorRegistry()) if metrics_path else None
             tally = await replay(batches, store, sink, tolerance_s, bar, metrics, pair_window_s,
                                  close_windows)
@@ -284,21 +288,29 @@ async def _retry_quarantined(
 ) -> dict[str, object]:
     """Decides quarantined messages again. Each leaves the quarantine in the transaction that
     decides it anew: a replay stopped midway leaves the rest quarantined, none lost."""
-    with tempfile.TemporaryDirectory(prefix="aes-gateway-q-") as tmp:
 
-        async def requeue(store: Store) -> list[Path]:
-            """The messages to files, a page at a time; the store keeps each one's id and
-            key, not its body."""
-            paths = []
-            async for page in store.quarantined_pages(quarantine_id):
-                for row in page:
-                    path = Path(tmp) / f"{row.seq:012d}.xml"
-                    path.write_bytes(row.body)
-                    store.retry({file_source(path): msgspec.structs.replace(row, body=b"")})
-                    paths.append(path)
-            return paths
+    async def requeue(store: Store) -> tuple[int, AsyncIterator[list[Prepared]]]:
+        # only what is quarantined now: one refused again gets a later id
+        upto, count = await store.quarantine_extent(quarantine_id)
+        return count, _quarantined_batches(store, quarantine_id, upto, max_bytes)
 
-        return await run_replay([], store_path, output, max_bytes=max_bytes, requeue=requeue)
+    return await run_replay([], store_path, output, max_bytes=max_bytes, requeue=requeue)
+
+
+async def _quarantined_batches(
+    store: Store, quarantine_id: int | None, upto: int, max_bytes: int
+) -> AsyncIterator[list[Prepared]]:
+    """The quarantined messages as they first arrived (body, source, receive time), a page
+    at a time, each page parsed here; the store is told which rows they are."""
+    reader = EnvelopeReader(max_bytes=max_bytes)
+    async for page in store.quarantined_pages(quarantine_id, upto=upto):
+        raws: dict[RawMessage, list[QuarantineRow]] = {}
+        for row in page:
+            raw = RawMessage(row.body, row.source,
+                             dt.datetime.fromtimestamp(row.received_at, dt.UTC))
+            raws.setdefault(raw, []).append(msgspec.structs.replace(row, body=b""))
+        store.retry(raws)
+        yield [prepare(raw, reader) for raw in raws]
 
 
 if __name__ == "__main__":

@@ -107,5 +107,8 @@ def test_quarantine_replay_killed_midway_loses_no_quarantined_message(tmp_path: 
             "--output", str(tmp_path / "clean.jsonl"), "--summary", str(tmp_path / "s.json"))
     clean = {e["event_id"] for e in read_jsonl(tmp_path / "clean.jsonl")}
     assert {e["event_id"] for e in read_jsonl(out)} == clean
-    still = len(run_cli("quarantine", "list", "--store", str(store)).stdout.splitlines())
-    assert still == json.loads((tmp_path / "s.json").read_text())["quarantined"]
+    still = [json.loads(line) for line in
+             run_cli("quarantine", "list", "--store", str(store)).stdout.splitlines()]
+    assert len(still) == json.loads((tmp_path / "s.json").read_text())["quarantined"]
+    names = {f"file:{path.name}" for path in inbox.glob("*.xml")}
+    assert {row["source"] for row in still} <= names  # refused again: still where it came from

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import re
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -128,10 +129,17 @@ def test_quarantine_list_show_and_replay_after_a_fix(tmp_path: Path) -> None:
     assert "140185-****" in shown  # the raw message, CPR masked
     assert "1401851234" not in shown
     # the operator raises the limit and re-runs the quarantined message
+    time.sleep(1.1)
+    retried_at = dt.datetime.now(dt.UTC)
     again = run_cli("quarantine", "replay", "--store", str(store), "--max-bytes", "1048576",
                     "--output", str(tmp_path / "o2.jsonl")).stdout
     assert json.loads(again)["emitted"] == 1
     assert run_cli("quarantine", "list", "--store", str(store)).stdout == ""
+    # the event says when the message first came, not when it was retried
+    event, link = read_jsonl(tmp_path / "o2.jsonl")
+    assert link["event_type"] == "case_linked"
+    received = event["provenance"]["received_at"]  # type: ignore[index]
+    assert dt.datetime.fromisoformat(received) < retried_at - dt.timedelta(seconds=1)
 
 
 def test_retention_purge_deletes_old_rows_only(tmp_path: Path) -> None:

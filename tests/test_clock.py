@@ -7,6 +7,8 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+import msgspec
+
 from adapters.sqlite import Store
 from gateway.clock import LiveClock
 from gateway.decide import Prepared, batch_keys, decide_batch, prepare
@@ -22,7 +24,7 @@ def arriving(body: bytes, after: dt.timedelta) -> Prepared:
     return prepare(h.raw(body, FORMED + after), EnvelopeReader())
 
 
-def test_the_clock_is_wall_time_less_the_freshest_delay() -> None:
+def test_the_clock_is_wall_time_less_the_freshest_delay_of_a_source() -> None:
     clock = LiveClock(lambda: WALL)
     assert clock.now() == int(WALL)
     body = h.v22_inline(h.record())
@@ -35,6 +37,25 @@ def test_the_clock_is_wall_time_less_the_freshest_delay() -> None:
     assert clock.now() == int(WALL) - 2
     clock.observe([arriving(body, -dt.timedelta(minutes=10))], [])  # a sender's clock ahead
     assert clock.now() == int(WALL)
+
+
+def test_the_slowest_active_source_holds_the_clock() -> None:
+    """A 3.0 mailbox caught up while the 2.2 one still drains a four-day backlog: the 3.0
+    events' twins are still to come from the 2.2 backlog. A source idle for five minutes has
+    no backlog and no longer counts."""
+    wall = [WALL]
+    clock = LiveClock(lambda: wall[0])
+    backlog = from_source("amqp:2.2", arriving(h.v22_inline(h.record()), dt.timedelta(days=4)))
+    live = from_source("amqp:3.0", arriving(h.v30_inline(h.v30_xml()), dt.timedelta(seconds=3)))
+    clock.observe([backlog, live], [])
+    assert clock.now() == int(WALL) - 4 * 86400
+    wall[0] += 301
+    clock.observe([live], [])
+    assert clock.now() == int(WALL) + 301 - 3
+
+
+def from_source(source: str, item: Prepared) -> Prepared:
+    return msgspec.structs.replace(item, raw=msgspec.structs.replace(item.raw, source=source))
 
 
 def test_a_backlog_four_days_old_is_paired_as_it_arrives(tmp_path: Path) -> None:

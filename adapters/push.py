@@ -69,7 +69,13 @@ class PushReceiver:
                 return web.Response(status=403, text="client certificate not allowed\n")
         if not self._accepting:
             return answer(NOT_NOW, "shutting down")
-        body = await self._read(request)
+        try:  # a client that trickles its body must not hold a connection for ever
+            async with asyncio.timeout(self.config.timeout_seconds):
+                body = await self._read(request)
+        except TimeoutError:
+            log.warning("push body not received within %.0f s", self.config.timeout_seconds,
+                        extra={"source": self.name})
+            return answer(NOT_NOW, "body not received in time")
         self.last_message_at = asyncio.get_running_loop().time()
         delivery = PushDelivery(RawMessage(body, self.name, dt.datetime.now(dt.UTC)), self)
         try:

@@ -258,3 +258,38 @@ def test_health_and_readiness(tmp_path: Path) -> None:
     assert ready == 503  # a stalled sink: not ready
     assert body["sinks_stalled"]
     assert 'aes_gateway_messages_total{outcome="emitted",version="3.0"} 1.0' in metrics
+
+
+def test_a_body_that_does_not_arrive_in_time_is_answered_40(tmp_path: Path) -> None:
+    """A client that sends its headers and then a trickle of its body: until stop 16 the
+    receiver waited for the rest for ever, holding the connection."""
+    port = free_port()
+    config = cfg.parse(push_to_jsonl(tmp_path, port, "timeout_seconds = 0.5")
+                       + '[http]\nlisten = "127.0.0.1:0"\n')
+
+    async def trickle() -> bytes:
+        for _ in range(100):  # while the receiver is still starting
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.05)
+        writer.write(b"POST / HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/xml\r\n"
+                     b"Content-Length: 1000\r\n\r\n<ModtagBeskedInput")
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(4096), 5)
+        finally:
+            writer.close()
+
+    async def scenario() -> bytes:
+        service = asyncio.create_task(run(config, until_idle=1.0))
+        answer = await trickle()
+        await service
+        return answer
+
+    answer = asyncio.run(scenario()).decode()
+    assert answer.startswith("HTTP/1.1 200")
+    assert "<StatusKode>40</StatusKode>" in answer
+    assert "body not received in time" in answer
+    assert not (tmp_path / "out.jsonl").read_text()

@@ -199,6 +199,10 @@ async def run(
                         "%d events it had not taken are no longer kept for it", name, pending)
         for relay in relays:  # registered before the observer's first purge (the service's
             await relay.start()  # own start finds them so): a new sink keeps every row
+        log.info("gateway starting", extra={
+            "store": cfg.store_file(config),
+            "sources": [source.name for source in sources],
+            "sinks": [relay.name for relay in relays]})
         service = Service(pipeline, intake, sources, relays, config.store.batch_size,
                           config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
                           [*closers, store.close])

@@ -294,9 +294,17 @@ def load(path: Path) -> Config:
     return parse(text)
 
 
+def store_file(config: Config) -> str:
+    """The store's absolute path. A relative `store.path` is relative to the working
+    directory, not to the configuration file: logged at start and shown by `config check`,
+    so that nobody runs a second, empty store by starting from another directory."""
+    return os.path.abspath(config.store.path)
+
+
 def explain(config: Config) -> list[str]:
     """What the configuration will do, for `config check`."""
-    lines = [f"store: {config.store.path} (retention {config.store.retention_days} days, "
+    lines = [f"store: {store_file(config)} (retention "
+             f"{config.store.retention_days} days, "
              f"group commit of up to {config.store.batch_size} messages)"]
     for source in config.sources:
         if isinstance(source, AmqpSource):

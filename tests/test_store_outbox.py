@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -260,6 +261,8 @@ def test_the_gateway_forgets_a_sink_no_longer_configured(
     from gateway import config as cfg
     from tests.helpers import push_to_jsonl
 
+    caplog.set_level(logging.INFO, logger="aes_gateway.runtime")
+
     async def scenario() -> set[str]:
         async with await Store.open(tmp_path / "g.db") as store:
             await commit_new_events(store, 3)
@@ -273,3 +276,6 @@ def test_the_gateway_forgets_a_sink_no_longer_configured(
     assert ("sink mqtt:aes@old-broker:1883 is no longer configured: its progress is dropped, "
             "and the 2 events it had not taken are no longer kept for it") in caplog.text
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 3  # the new sink: all
+    (starting,) = [r for r in caplog.records if r.getMessage() == "gateway starting"]
+    assert starting.store == str((tmp_path / "g.db").resolve())  # type: ignore[attr-defined]
+    assert starting.sinks == [f"jsonl:{(tmp_path / 'out.jsonl').resolve()}"]  # type: ignore[attr-defined]

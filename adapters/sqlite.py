@@ -697,6 +697,12 @@ class Store:
             ):
                 cursor = db.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
                 deleted[table] = cursor.rowcount
+            # a refused message's id goes with its body: a redelivery is then decided anew,
+            # not suppressed as a duplicate of a message no longer kept anywhere
+            cursor = db.execute(
+                "DELETE FROM messages WHERE outcome = 'quarantined' AND received_at < ?",
+                (cutoff(quarantine_days or retention_days),))
+            deleted["messages"] += cursor.rowcount
             cursor = db.execute(
                 f"DELETE FROM outbox WHERE seq <= ({_PURGE_UP_TO})"
             )

@@ -157,6 +157,27 @@ def test_retention_purge_deletes_old_rows_only(tmp_path: Path) -> None:
                                        "outbox": 0}
 
 
+def test_a_refused_message_purged_from_the_quarantine_is_decided_anew_if_it_comes_again(
+    tmp_path: Path,
+) -> None:
+    """Until stop 16 the purge took the body after 90 days but kept the message id for 400:
+    a redelivery in between was suppressed as a duplicate of a message kept nowhere."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "bad.xml").write_bytes(b"<not xml")
+    first = replay([inbox], tmp_path / "s.db", tmp_path / "out.jsonl")
+
+    async def purge() -> dict[str, int]:
+        async with await Store.open(tmp_path / "s.db") as store:
+            return await store.purge(400, 90, dt.datetime.now(dt.UTC) + dt.timedelta(days=91))
+
+    assert first["quarantined"] == 1
+    assert asyncio.run(purge()) == {"events": 0, "messages": 1, "quarantine": 1, "links": 0,
+                                    "outbox": 0}
+    again = replay([inbox], tmp_path / "s.db", tmp_path / "out.jsonl")
+    assert (again["quarantined"], again["duplicates"]) == (1, 0)
+
+
 def test_parsing_in_a_worker_process_gives_the_same_stream(
     tmp_path: Path, simulated: tuple[Path, dict[str, object]]
 ) -> None:

@@ -165,7 +165,7 @@ def freeze_startup_heap() -> int:
 async def run(
     config: cfg.Config, until_idle: float | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Run the service until SIGTERM/SIGINT (or `stop`), or until idle for `until_idle` s.
+    """Run the service until SIGTERM/SIGINT/SIGHUP (or `stop`), or idle for `until_idle` s.
 
     Whatever fails on the way up (a taken HTTP port, a sink file that cannot be opened) closes
     what was opened before it: the store's thread alone would keep the process from exiting.

@@ -150,6 +150,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if command == "purge":
         if args.retention_days < 1:
             raise UsageError("--retention-days must be at least 1")
+        if not args.store.exists():  # a mistyped path would be a new store, purged of nothing
+            raise UsageError(f"no store at {str(args.store)!r}")
         async with await Store.open(args.store) as store:
             _write_json("-", await store.purge(args.retention_days, args.quarantine_days))
         return 0

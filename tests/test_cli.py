@@ -43,6 +43,18 @@ def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
     assert "nowhere" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["purge", "report", "quarantine"])
+def test_a_command_on_a_store_that_is_not_there_says_so(tmp_path: Path, command: str) -> None:
+    """A mistyped path: until stop 16 `purge` created an empty store there and reported that
+    it had deleted nothing."""
+    args = [command, *(["list"] if command == "quarantine" else []),
+            "--store", str(tmp_path / "typo.db")]
+    result = run_cli(*args, check=False)
+    assert result.returncode == 2
+    assert "no store at" in result.stderr
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -514,8 +514,10 @@ class Store:
         return int(rows[0][0]) if rows else None
 
     async def register_sink(self, sink: str, start: int = 0, feed: str = "outbox") -> None:
+        """A new sink at `start`; a known one keeps its position and takes this feed."""
         await self._statement(
-            "INSERT OR IGNORE INTO sink_progress (sink, last_seq, feed) VALUES (?, ?, ?)",
+            "INSERT INTO sink_progress (sink, last_seq, feed) VALUES (?, ?, ?)"
+            " ON CONFLICT (sink) DO UPDATE SET feed = excluded.feed",
             (sink, start, feed),
         )
 

@@ -141,14 +141,12 @@ class Relay:
         self.feed = feed  # outbox, quarantine or replay: what the store keeps for it
 
     async def start(self, from_end: int | None = None) -> bool:
-        """Load progress; a new sink starts at `from_end` (or the beginning). True if new."""
+        """Load progress; a new sink starts at `from_end` (or the beginning). Either way the
+        store learns what feeds it (a resumed replay is unfinished again). True if new."""
         known = await self.store.sink_progress(self.name)
-        if known is not None:
-            self.position = known
-            return False
-        self.position = from_end or 0
+        self.position = known if known is not None else from_end or 0
         await self.store.register_sink(self.name, self.position, self.feed)
-        return True
+        return known is None
 
     async def pump(self) -> int:
         """Relay one chunk; returns how many rows went out."""

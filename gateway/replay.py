@@ -44,7 +44,6 @@ async def replay(
             metrics.pairs_closed(outcomes)
 
     relay = Relay(store, sink, feed="replay")
-    await store.set_feed(relay.name, "replay")  # resumed: unfinished again
     await relay.start()
     await relay.drain()  # what an earlier, interrupted run committed but did not relay
     async for batch in batches:

@@ -36,14 +36,15 @@ class ClientRules:
         self.rules = [subject_rule(entry) for entry in entries]
 
     def allow(self, cert: dict[str, Any] | None) -> bool:
-        if not self.rules:
-            return True
-        subject = {(name, value) for rdn in (cert or {}).get("subject", ())
-                   for name, value in rdn}
-        return any(rule <= subject for rule in self.rules)
+        subject = set(_subject(cert))
+        return not self.rules or any(rule <= subject for rule in self.rules)
 
 
 def subject_text(cert: dict[str, Any] | None) -> str:
     """A certificate's subject for the log: `commonName=..., organizationName=...`."""
-    return ", ".join(f"{name}={value}" for rdn in (cert or {}).get("subject", ())
-                     for name, value in rdn) or "(no certificate)"
+    return ", ".join(f"{name}={value}" for name, value in _subject(cert)) or "(no certificate)"
+
+
+def _subject(cert: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(attribute, value) pairs of a certificate as ssl's getpeercert() gives it."""
+    return [(name, value) for rdn in (cert or {}).get("subject", ()) for name, value in rdn]

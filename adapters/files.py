@@ -66,12 +66,8 @@ class FileDelivery:
             body = _read(path)
         except OSError as exc:
             raise InputError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
-        self.raw = RawMessage(body, file_source(path), read_at or dt.datetime.now(dt.UTC))
-
-
-def file_source(path: str | Path) -> str:
-    """A message file's source, as the store keeps it: `file:<name>`."""
-    return f"file:{_printable(os.path.basename(path))}"
+        self.raw = RawMessage(body, f"file:{_printable(os.path.basename(path))}",
+                              read_at or dt.datetime.now(dt.UTC))
 
 
 def _printable(name: str) -> str:

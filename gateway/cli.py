@@ -138,9 +138,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         print("\n".join(["configuration is valid:", *config.explain(loaded)]))
         return 0
     if command == "report":
-        if not args.store.exists():
-            raise UsageError(f"no store at {str(args.store)!r}")
-        async with await Store.open(args.store) as store:
+        async with await Store.open(_existing(args.store)) as store:
             rows = await store.migration_report()
         if args.format == "json":
             _write_json("-", rows)
@@ -150,9 +148,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if command == "purge":
         if args.retention_days < 1:
             raise UsageError("--retention-days must be at least 1")
-        if not args.store.exists():  # a mistyped path would be a new store, purged of nothing
-            raise UsageError(f"no store at {str(args.store)!r}")
-        async with await Store.open(args.store) as store:
+        async with await Store.open(_existing(args.store)) as store:
             _write_json("-", await store.purge(args.retention_days, args.quarantine_days))
         return 0
     from gateway.demo import demo  # only the demo needs it
@@ -254,14 +250,20 @@ def _simulate(outdir: Path, cases: int, seed: int, bad_share: float) -> dict[str
     return key
 
 
+def _existing(store: Path) -> Path:
+    """The store of an operator's command: a mistyped path is an error, not a new, empty store
+    that reports nothing and purges nothing."""
+    if not store.exists():
+        raise UsageError(f"no store at {str(store)!r}")
+    return store
+
+
 async def _quarantine(args: argparse.Namespace) -> int:
-    if not args.store.exists():
-        raise UsageError(f"no store at {str(args.store)!r}")
     if args.action == "replay":
-        _write_json("-", await _retry_quarantined(args.store, args.id, args.output,
+        _write_json("-", await _retry_quarantined(_existing(args.store), args.id, args.output,
                                                   args.max_bytes))
         return 0
-    async with await Store.open(args.store) as store:
+    async with await Store.open(_existing(args.store)) as store:
         if args.action == "list":
             async for page in store.quarantined_pages(with_body=False):
                 for row in page:

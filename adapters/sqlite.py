@@ -634,15 +634,6 @@ class Store:
         return {"both": by_bits.get(3, 0), "only_2_2": by_bits.get(1, 0),
                 "only_3_0": by_bits.get(2, 0)}
 
-    async def quarantined(self, ids: Iterable[int] | None = None) -> list[QuarantineRow]:
-        query = _SELECT_QUARANTINE
-        params: list[int] = []
-        if ids is not None:
-            params = list(ids)
-            query += f" WHERE id IN ({_placeholders(params)})"
-        rows = await self._query(query + " ORDER BY id", params)
-        return [QuarantineRow(*row) for row in rows]
-
     async def quarantine_extent(self, only: int | None = None) -> tuple[int, int]:
         """(highest id, number of rows) of the quarantine, or of the one message `only`."""
         where = "" if only is None else f" WHERE id = {int(only)}"

@@ -274,7 +274,7 @@ async def _quarantine(args: argparse.Namespace) -> int:
         if args.action == "show":
             if args.id is None:
                 raise UsageError("quarantine show needs an ID")
-            rows = await store.quarantined([args.id])
+            rows = [row async for page in store.quarantined_pages(args.id) for row in page]
             if not rows:
                 raise UsageError(f"no quarantined message with id {args.id}")
             row = rows[0]

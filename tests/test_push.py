@@ -89,7 +89,8 @@ def test_an_oversized_push_is_quarantined_and_answered_20(tmp_path: Path) -> Non
     async def quarantined() -> list[tuple[str, str | None, int]]:
         store = await Store.open(str(tmp_path / "g.db"))
         try:
-            return [(row.reason, row.detail, len(row.body)) for row in await store.quarantined()]
+            return [(row.reason, row.detail, len(row.body))
+                    async for page in store.quarantined_pages() for row in page]
         finally:
             await store.close()
 

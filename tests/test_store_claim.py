@@ -27,7 +27,7 @@ def test_a_claimed_store_refuses_a_second_claim_but_not_a_reader(tmp_path: Path)
         with pytest.raises(StoreError, match=in_use):
             await Store.open(tmp_path / "g.db", claim=True)
         async with await Store.open(tmp_path / "g.db") as reader:
-            assert await reader.quarantined() == []
+            assert [page async for page in reader.quarantined_pages()] == []
         await first.close()
         async with await Store.open(tmp_path / "g.db", claim=True):  # free again
             pass

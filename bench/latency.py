@@ -8,6 +8,10 @@ steady rate, in 10 ms ticks, to `aes-gateway run` in a process of its own, then 
 the commit of its outcome (after which it is acknowledged). Prints the achieved rate, p50, p90
 and p99 (interpolated within the histogram's buckets, as Prometheus's histogram_quantile does)
 and the share of messages committed within 50 ms. Exit 1 when p99 is 50 ms or more.
+`--bare` first runs, at the same rate, a bare aio-pika consume -> republish -> ack loop (the
+passthrough of `bench/amqp.py`, prefetch 300 a mailbox as the gateway's) in a process of its
+own, and prints its delivery -> ack latency: what the AMQP client and broker alone cost on
+this machine at this rate, the reference for the gateway's figures.
 `--busy-cores N` runs N CPU-bound processes alongside, as on a machine with other work.
 `--slow-fsync-ms M` makes every fsync of the gateway's process M ms longer, as on network
 storage (bench/slowsync.c, built with the machine's C compiler and loaded with LD_PRELOAD).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +59,70 @@ async def publish_at(rate: float, streams: list[tuple[str, bytes]]) -> float:
             if delay > 0:
                 await asyncio.sleep(delay)
         return len(streams) / (time.perf_counter() - started)
+
+
+async def bare(topo: brokers.Topology, total: int, prefetch: int = 300) -> list[float]:
+    """The passthrough of bench/amqp.py, each message timed from its delivery to the ack
+    that follows its republish's confirm; returns the latencies in seconds, sorted."""
+    connection = await aio_pika.connect(brokers.AMQP_URL)
+    latencies: list[float] = []
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        publishing = await connection.channel(publisher_confirms=True)
+        exchange = await publishing.get_exchange(topo.exchange)
+        pending: list[tuple[float, aio_pika.abc.AbstractIncomingMessage]] = []
+        arrived = asyncio.Event()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            pending.append((time.perf_counter(), message))
+            arrived.set()
+
+        for name in (topo.q22, topo.q30):
+            await (await channel.get_queue(name)).consume(on_message)
+        while len(latencies) < total:
+            await arrived.wait()
+            arrived.clear()
+            chunk, pending[:] = list(pending), []
+            await asyncio.gather(*(exchange.publish(
+                aio_pika.Message(m.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                "x.y.z") for _, m in chunk))
+            for last in {id(m.channel): m for _, m in chunk}.values():
+                await last.ack(multiple=True)
+            acked = time.perf_counter()
+            latencies += [acked - at for at, _ in chunk]
+    return sorted(latencies)
+
+
+def bare_child(prefix: str, total: int) -> None:
+    """Runs in a process of its own: prints the sorted latencies as JSON."""
+    print(json.dumps(asyncio.run(bare(brokers.Topology(prefix), total))))
+
+
+async def bare_campaign(args: argparse.Namespace) -> list[float]:
+    """The bare passthrough at the campaign's rate, in a process of its own."""
+    messages = int(args.rate * args.seconds)
+    sim = simulate(int(messages / 6.7) + 1, args.seed, bad_share=0.03, scenarios=False)
+    topo = await brokers.declare()
+    streams = brokers.streams(topo, sim.messages)[:messages]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--bare-child", topo.prefix, str(len(streams)),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.sleep(1.0)  # consuming before the first message
+        achieved = await publish_at(args.rate, streams)
+        output, _ = await child.communicate()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        await brokers.delete(topo)
+    latencies = [float(x) for x in json.loads(output)]
+    print(f"bare aio-pika       published at {achieved:.0f} msg/s, delivery -> ack "
+          + "  ".join(f"p{round(q * 100)} {latencies[int(q * (len(latencies) - 1))] * 1000:.1f} ms"
+                      for q in (0.5, 0.9, 0.99))
+          + f"  within 50 ms {sum(x < 0.05 for x in latencies) / len(latencies):.4f}")
+    return latencies
 
 
 def buckets(port: int) -> list[tuple[float, float]]:
@@ -149,9 +218,17 @@ def main() -> int:
                         "alongside, as on a machine with other work (default: none)")
     parser.add_argument("--slow-fsync-ms", type=float, default=0.0, help="make each fsync of "
                         "the gateway this much slower, as on network storage (default: 0)")
+    parser.add_argument("--bare", action="store_true", help="first run a bare aio-pika "
+                        "passthrough at the same rate, for reference")
+    parser.add_argument("--bare-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--batch-wait-ms", type=int, help="store.batch_wait_ms (default: the "
                         "gateway's own)")
     args = parser.parse_args()
+    if args.bare_child:
+        bare_child(args.bare_child[0], int(args.bare_child[1]))
+        return 0
+    if args.bare:
+        asyncio.run(bare_campaign(args))
     with tempfile.TemporaryDirectory(prefix="aes-latency-") as tmp:
         return asyncio.run(campaign(args, Path(tmp)))
 

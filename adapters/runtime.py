@@ -197,15 +197,14 @@ async def run(
         for name, pending in (await store.forget_sinks(r.name for r in relays)).items():
             log.warning("sink %s is no longer configured: its progress is dropped, and the "
                         "%d events it had not taken are no longer kept for it", name, pending)
-        for relay in relays:  # registered before the observer's first purge (the service's
-            await relay.start()  # own start finds them so): a new sink keeps every row
+        service = Service(pipeline, intake, sources, relays, config.store.batch_size,
+                          config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
+                          [*closers, store.close])
+        await service.start_relays()  # before the observer's first purge: a new sink keeps rows
         log.info("gateway starting", extra={
             "store": cfg.store_file(config),
             "sources": [source.name for source in sources],
             "sinks": [relay.name for relay in relays]})
-        service = Service(pipeline, intake, sources, relays, config.store.batch_size,
-                          config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
-                          [*closers, store.close])
         if config.http.listen:
             health = await _health(service, config.http.listen, metrics)
             opened.push_async_callback(_quietly, health.cleanup)

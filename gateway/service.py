@@ -57,6 +57,7 @@ class Service:
         self._backoff = 0.25
         self._busy = False
         self._last_activity = 0.0
+        self._relays_started = False
 
     @property
     def ready(self) -> bool:
@@ -64,11 +65,19 @@ class Service:
         return (self.store_ok and all(source.connected for source in self.sources)
                 and not any(relay.stalled for relay in self.relays))
 
+    async def start_relays(self) -> None:
+        """Each relay loads its progress and registers its sink with the store, once: before
+        the first purge (which keeps only the rows some registered sink still needs)."""
+        if self._relays_started:
+            return
+        for relay in self.relays:
+            await relay.start()
+        self._relays_started = True
+
     async def run(self, stop: asyncio.Event, until_idle: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
-        for relay in self.relays:
-            await relay.start()
+        await self.start_relays()
         tasks = [asyncio.create_task(relay.run(), name=f"relay {relay.name}")
                  for relay in self.relays]
         batcher = asyncio.create_task(self._batches(), name="batcher")

@@ -279,3 +279,25 @@ def test_the_gateway_forgets_a_sink_no_longer_configured(
     (starting,) = [r for r in caplog.records if r.getMessage() == "gateway starting"]
     assert starting.store == str((tmp_path / "g.db").resolve())  # type: ignore[attr-defined]
     assert starting.sinks == [f"jsonl:{(tmp_path / 'out.jsonl').resolve()}"]  # type: ignore[attr-defined]
+
+
+def test_each_sink_is_registered_once_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relays register before the observer's first purge, and the service does not start
+    them a second time."""
+    from adapters.runtime import run
+    from gateway import config as cfg
+    from tests.helpers import push_to_jsonl
+
+    registered: list[str] = []
+    register = Store.register_sink
+
+    async def counted(self: Store, sink: str, start: int = 0, feed: str = "outbox") -> None:
+        registered.append(sink)
+        await register(self, sink, start, feed)
+
+    monkeypatch.setattr(Store, "register_sink", counted)
+    config = cfg.parse(push_to_jsonl(tmp_path, 0) + '[http]\nlisten = "127.0.0.1:0"\n')
+    asyncio.run(run(config, until_idle=0.3))
+    assert registered == [f"jsonl:{(tmp_path / 'out.jsonl').resolve()}"]

@@ -114,6 +114,8 @@ def test_config_check_explains_without_showing_passwords(tmp_path: Path) -> None
     assert "configuration is valid" in out
     assert "AMQP queue 'mailbox'" in out
     assert "guest:***@" in out
+    # a relative store path is shown as the file it names: the one a gateway started here opens
+    assert f"store: {ROOT / 'gateway.db'} (" in out
 
 
 def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:

@@ -163,7 +163,9 @@ def test_push_answers_40_when_the_store_cannot_commit(tmp_path: Path, broken: bo
     assert asyncio.run(scenario()) == (40 if broken else 20)
 
 
-def test_push_accepts_only_the_allowed_client_certificates(tmp_path: Path) -> None:
+def test_push_accepts_only_the_allowed_client_certificates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A CA such as OCES3 vouches for every Danish organisation's function certificate: until
     stop 16 any of them could push case events that the gateway emitted as AES's."""
     ca = trustme.CA()
@@ -202,6 +204,9 @@ def test_push_accepts_only_the_allowed_client_certificates(tmp_path: Path) -> No
     assert asyncio.run(scenario()) == [403, 20]
     assert [e["event_type"] for e in read_jsonl(tmp_path / "out.jsonl")] == [
         "rejected", "case_linked"]  # the allowed one only
+    (refused,) = [r for r in caplog.records if r.getMessage().startswith("push refused")]
+    assert refused.levelname == "WARNING"
+    assert "organizationName=Anden A/S" in refused.subject  # type: ignore[attr-defined]
 
 
 def test_push_answers_40_when_overloaded() -> None:

@@ -24,6 +24,7 @@ from gateway.decide import Prepared, prepare
 from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
 from gateway.metrics import Metrics
 from gateway.model import RawMessage
+from gateway.privacy import mask_message
 from gateway.replay import DEFAULT_PAIR_WINDOW_S, replay
 from gateway.simulate import simulate
 
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--output", default="-", help="replay: JSON Lines output")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
+    p.add_argument("--raw", action="store_true",
+                   help="show: the message exactly as stored, CPR and all, on stdout")
 
     p = sub.add_parser("run", help="the live service: sources -> store -> sinks")
     p.add_argument("--config", type=Path, required=True)
@@ -278,11 +281,14 @@ async def _quarantine(args: argparse.Namespace) -> int:
             if not rows:
                 raise UsageError(f"no quarantined message with id {args.id}")
             row = rows[0]
+            if args.raw:  # asked for by name: the bytes as they came
+                sys.stdout.buffer.write(row.body)
+                return 0
             fields = msgspec.to_builtins(row)
             fields["id"] = fields.pop("seq")
             fields.pop("body")
             print(json.dumps(fields, indent=2))
-            sys.stdout.write(logs.mask(row.body.decode("utf-8", "replace")) + "\n")
+            sys.stdout.write(mask_message(row.body) + "\n")
             return 0
     raise UsageError(f"unknown quarantine action {args.action!r}")
 

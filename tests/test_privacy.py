@@ -1,0 +1,78 @@
+"""A raw message shown to an operator (`quarantine show`): every CPR in it masked."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.privacy import mask_message
+from tests.conftest import run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CPR, MASKED = "1401851234", "140185"
+
+
+def _leaks(text: str, cpr: str = CPR) -> list[str]:
+    """Where the person's last four digits still stand after their birth date, or the CPR
+    can be read from any Base64 left in the text."""
+    found = [m.group() for m in re.finditer(cpr[:6] + "-?" + cpr[6:], text)]
+    for blob in re.findall(r"[A-Za-z0-9+/=]{16,}", text):
+        data = blob.rstrip("=")
+        data = data[: len(data) - len(data) % 4 if len(data) % 4 == 1 else len(data)]
+        decoded = base64.b64decode(data + "=" * (-len(data) % 4))
+        if cpr.encode() in decoded:
+            found.append(f"Base64 {blob[:20]}...")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.xml")))
+def test_every_message_form_is_shown_with_its_cpr_masked(name: str) -> None:
+    body = (FIXTURES / name).read_bytes()
+    assert _leaks(body.decode()) != [], "the fixture names the person"
+    shown = mask_message(body)
+    assert _leaks(shown) == []
+    assert MASKED in shown  # the birth date stays readable
+
+
+def test_a_base64_payload_is_shown_decoded() -> None:
+    shown = mask_message((FIXTURES / "v22-base64.xml").read_bytes())
+    assert "decoded from Base64 for display" in shown
+    assert "AESH01" in shown
+    assert "140185****" in shown  # the record keeps its layout
+
+
+def test_a_malformed_cpr_is_masked_where_the_format_puts_a_cpr() -> None:
+    record = "AESH0100012345671401851X3410101202203011015"
+    body = (b'<Haendelsesbesked><Beskeddata><Sagshaendelse xmlns="urn:dk:aes:sagshaendelse:'
+            b'1.0">' + record.encode() + b"</Sagshaendelse></Beskeddata></Haendelsesbesked>")
+    shown = mask_message(body)
+    assert "1X34" not in shown
+    assert "140185****" in shown
+    xml = b"<Skadelidte><CPR>14018-51234</CPR></Skadelidte>"
+    assert "51234" not in mask_message(xml)
+
+
+def test_base64_that_does_not_decode_is_withheld() -> None:
+    blob = base64.b64encode(b"AESH010001234567" + CPR.encode()).decode()
+    body = f'<Base64 encoding="ISO-8859-1">{blob}!</Base64>'.encode()
+    shown = mask_message(body)
+    assert _leaks(shown) == []
+    assert "withheld" in shown
+
+
+def test_quarantine_show_masks_a_2_2_record_and_raw_shows_it_as_stored(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    body = (FIXTURES / "v22-inline.xml").read_bytes()
+    (inbox / "001.xml").write_bytes(body)
+    store = tmp_path / "s.db"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", str(tmp_path / "o.jsonl"),
+            "--max-bytes", "1000")
+    shown = run_cli("quarantine", "show", "1", "--store", str(store)).stdout
+    assert "too_large" in shown
+    assert _leaks(shown) == []
+    raw = run_cli("quarantine", "show", "1", "--raw", "--store", str(store)).stdout
+    assert raw.encode() == body

@@ -270,9 +270,9 @@ async def _quarantine(args: argparse.Namespace) -> int:
         if args.action == "list":
             async for page in store.quarantined_pages(with_body=False):
                 for row in page:
-                    print(json.dumps({"id": row.seq, "message_key": row.message_key,
-                                      "version": row.version, "reason": row.reason,
-                                      "detail": row.detail, "source": row.source}))
+                    print(logs.mask(json.dumps({
+                        "id": row.seq, "message_key": row.message_key, "version": row.version,
+                        "reason": row.reason, "detail": row.detail, "source": row.source})))
             return 0
         if args.action == "show":
             if args.id is None:
@@ -287,7 +287,7 @@ async def _quarantine(args: argparse.Namespace) -> int:
             fields = msgspec.to_builtins(row)
             fields["id"] = fields.pop("seq")
             fields.pop("body")
-            print(json.dumps(fields, indent=2))
+            print(logs.mask(json.dumps(fields, indent=2)))  # a detail quotes the input
             sys.stdout.write(mask_message(row.body) + "\n")
             return 0
     raise UsageError(f"unknown quarantine action {args.action!r}")

@@ -76,3 +76,18 @@ def test_quarantine_show_masks_a_2_2_record_and_raw_shows_it_as_stored(tmp_path:
     assert _leaks(shown) == []
     raw = run_cli("quarantine", "show", "1", "--raw", "--store", str(store)).stdout
     assert raw.encode() == body
+
+
+def test_quarantine_list_and_show_mask_a_cpr_quoted_in_the_reason(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    body = (FIXTURES / "v22-inline.xml").read_bytes().replace(
+        b"93981c87-7736-45fd-8e12-0c7394331045", CPR.encode())  # a CPR where the type goes
+    (inbox / "001.xml").write_bytes(body)
+    store = tmp_path / "s.db"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", str(tmp_path / "o.jsonl"))
+    listed = run_cli("quarantine", "list", "--store", str(store)).stdout
+    assert "unknown_beskedtype" in listed
+    assert "140185-****" in listed  # the detail quotes the Beskedtype
+    assert _leaks(listed) == []
+    assert _leaks(run_cli("quarantine", "show", "1", "--store", str(store)).stdout) == []

@@ -82,20 +82,30 @@ async def _observe(
     (gateway/clock.py) every minute; retention purged hourly."""
     loop = asyncio.get_running_loop()
     window_s = int(config.matching.pair_window_hours * 3600)
-    last_close = last_purge = 0.0
+    next_close = next_purge = loop.time()
     while True:
         try:
             await _observe_once(service, store, metrics)
-            if loop.time() - last_close >= 60:
+        except Exception:  # a metrics pass must never stop the service
+            log.debug("metrics pass failed", exc_info=True)
+        # The purge deletes personal data past its retention: a failing one must be seen, and
+        # is retried in 5 minutes (not at every pass, which would fill the log).
+        if loop.time() >= next_close:
+            next_close = loop.time() + 60
+            try:
                 metrics.pairs_closed(await store.close_pairs(clock.now(), window_s))
-                last_close = loop.time()
-            if loop.time() - last_purge >= 3600:
+            except Exception:
+                log.warning("closing pairing windows failed; retried in a minute",
+                            exc_info=True)
+        if loop.time() >= next_purge:
+            try:
                 deleted = await store.purge(config.store.retention_days,
                                             config.store.quarantine_retention_days)
                 log.info("retention purge", extra=deleted)
-                last_purge = loop.time()
-        except Exception:  # a metrics pass must never stop the service
-            log.debug("metrics pass failed", exc_info=True)
+                next_purge = loop.time() + 3600
+            except Exception:
+                log.warning("retention purge failed; retried in 5 minutes", exc_info=True)
+                next_purge = loop.time() + 300
         await asyncio.sleep(every_s)
 
 

@@ -301,3 +301,25 @@ def test_each_sink_is_registered_once_at_start(
     config = cfg.parse(push_to_jsonl(tmp_path, 0) + '[http]\nlisten = "127.0.0.1:0"\n')
     asyncio.run(run(config, until_idle=0.3))
     assert registered == [f"jsonl:{(tmp_path / 'out.jsonl').resolve()}"]
+
+
+def test_a_failing_retention_purge_is_logged_as_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The purge deletes personal data past its retention: when it fails, the log says so
+    at a level operators watch (it said so at DEBUG only)."""
+    from adapters.runtime import run
+    from gateway import config as cfg
+    from tests.helpers import push_to_jsonl
+
+    async def full(self: Store, *args: object, **kwargs: object) -> dict[str, int]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "purge", full)
+    caplog.set_level(logging.INFO, logger="aes_gateway.runtime")
+    config = cfg.parse(push_to_jsonl(tmp_path, 0) + '[http]\nlisten = "127.0.0.1:0"\n')
+    asyncio.run(run(config, until_idle=0.5))
+    (failed,) = [r for r in caplog.records if r.getMessage().startswith("retention purge")]
+    assert failed.levelname == "WARNING"
+    assert failed.exc_info is not None
+    assert "disk is full" in str(failed.exc_info[1])

@@ -40,6 +40,31 @@ class UsageError(Exception):
     pass
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An integer option's type: a value below `minimum` is a usage error, not a surprise
+    (`purge --retention-days -5` would delete everything, `--max-bytes 0` refuse all)."""
+    def integer(text: str) -> int:
+        value = int(text)  # ValueError: argparse says "invalid integer value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the least allowed, {minimum}")
+        return value
+    return integer
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aes-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,13 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, help="store file (default: a temporary store)")
     p.add_argument("--output", default="-", help="JSON Lines output, '-' for stdout")
     p.add_argument("--summary", help="write the summary JSON here ('-' for stdout)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--tolerance", type=int, default=DEFAULT_TOLERANCE_S,
+    p.add_argument("--batch-size", type=_at_least(1), default=DEFAULT_BATCH)
+    p.add_argument("--tolerance", type=_at_least(0), default=DEFAULT_TOLERANCE_S,
                    help="match tolerance in seconds")
-    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
-    p.add_argument("--workers", type=int, help="parsing processes (default: 1 for large inputs)")
+    p.add_argument("--max-bytes", type=_at_least(1), default=DEFAULT_MAX_BYTES,
+                   help="message size limit")
+    p.add_argument("--workers", type=_at_least(0),
+                   help="parsing processes (default: 1 for large inputs)")
     p.add_argument("--metrics", help="write the final metrics here (Prometheus text format)")
-    p.add_argument("--pair-window-hours", type=float, default=DEFAULT_PAIR_WINDOW_HOURS,
+    p.add_argument("--pair-window-hours", type=_positive, default=DEFAULT_PAIR_WINDOW_HOURS,
                    help="how long an event waits for its twin before its pair outcome counts")
     p.add_argument("--close-windows", action="store_true",
                    help="at the end, judge every event as if its pairing window had passed")
@@ -64,16 +91,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write simulated transition traffic and an answer key")
     p.add_argument("outdir", type=Path)
-    p.add_argument("--cases", type=int, required=True)
+    p.add_argument("--cases", type=_at_least(1), required=True)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--bad-share", type=float, default=0.03)
+    p.add_argument("--bad-share", type=_share, default=0.03)
 
     p = sub.add_parser("quarantine", help="list, show or replay quarantined messages")
     p.add_argument("action", choices=["list", "show", "replay"])
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--output", default="-", help="replay: JSON Lines output")
-    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="message size limit")
+    p.add_argument("--max-bytes", type=_at_least(1), default=DEFAULT_MAX_BYTES,
+                   help="message size limit")
     p.add_argument("--raw", action="store_true",
                    help="show: the message exactly as stored, CPR and all, on stdout")
 
@@ -92,11 +120,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purge", help="delete stored data older than the retention period")
     p.add_argument("--store", type=Path, required=True)
-    p.add_argument("--retention-days", type=int, default=400)
-    p.add_argument("--quarantine-days", type=int, default=90)
+    p.add_argument("--retention-days", type=_at_least(1), default=400)
+    p.add_argument("--quarantine-days", type=_at_least(0), default=90)
 
     p = sub.add_parser("demo", help="simulate, replay and show the overlap report")
-    p.add_argument("--cases", type=int, default=300)
+    p.add_argument("--cases", type=_at_least(1), default=300)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workdir", type=Path, default=Path(".demo"))
     return parser

@@ -251,6 +251,9 @@ def _validate(config: Config) -> None:
             or config.store.batch_gap_ms < 0):
         raise ConfigError("store.batch_size must be at least 1, batch_wait_ms and batch_gap_ms"
                           " at least 0")
+    _validate_keeping(config.store, config.matching)
+    if config.processing.parse_workers < 0:
+        raise ConfigError("processing.parse_workers must be at least 0")
     for index, source in enumerate(config.sources):
         if isinstance(source, AmqpSource) and source.prefetch < 1:
             raise ConfigError(f"sources[{index}].prefetch must be at least 1")
@@ -270,6 +273,26 @@ def _validate(config: Config) -> None:
         if name in names[:index]:
             raise ConfigError(f"sinks[{names.index(name)}] and sinks[{index}] are the same "
                               f"destination ({name}): give it one sink")
+
+
+def _validate_keeping(store: StoreConfig, matching: MatchingConfig) -> None:
+    """What the store keeps, and for how long, against what matching needs of it."""
+    if not store.path.strip():
+        raise ConfigError("store.path is empty")
+    if store.retention_days < 1 or store.quarantine_retention_days < 1:
+        # 0 or less: the next hourly purge deletes what was just decided, and with it what
+        # tells a redelivery or a twin from a new event (or a refused message, unread)
+        raise ConfigError("store.retention_days and quarantine_retention_days must be at "
+                          "least 1")
+    if not matching.pair_window_hours > 0 or matching.tolerance_seconds < 0:
+        raise ConfigError("matching.pair_window_hours must be above 0, tolerance_seconds at "
+                          "least 0")
+    if store.retention_days * 24 < matching.pair_window_hours:
+        raise ConfigError(f"store.retention_days ({store.retention_days}) is shorter than "
+                          f"matching.pair_window_hours ({matching.pair_window_hours:g}): an "
+                          "event would be purged while its twin may still come")
+    if matching.max_message_bytes < 1:
+        raise ConfigError("matching.max_message_bytes must be at least 1")
 
 
 def parse(text: str) -> Config:

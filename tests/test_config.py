@@ -88,6 +88,15 @@ def test_an_allowed_client_rule_reads_short_and_long_names() -> None:
          "allowed_clients: 'CN' is not one of"),
         (PUSH_TLS.format(rules='require_client_cert = true\nallowed_clients = ["E=x@y.dk"]'),
          "allowed_clients: 'E=x@y.dk' is not one of"),
+        ("[store]\nretention_days = 0\n" + MINIMAL, "retention_days and quarantine"),
+        ("[store]\nquarantine_retention_days = -1\n" + MINIMAL, "at least 1"),
+        ('[store]\npath = " "\n' + MINIMAL, "store.path is empty"),
+        ("[store]\nretention_days = 2\n[matching]\npair_window_hours = 72\n" + MINIMAL,
+         r"retention_days \(2\) is shorter than matching.pair_window_hours \(72\)"),
+        ("[matching]\npair_window_hours = 0\n" + MINIMAL, "pair_window_hours must be above 0"),
+        ("[matching]\ntolerance_seconds = -60\n" + MINIMAL, "tolerance_seconds at least 0"),
+        ("[matching]\nmax_message_bytes = 0\n" + MINIMAL, "max_message_bytes must be at"),
+        ("[processing]\nparse_workers = -1\n" + MINIMAL, "parse_workers must be at least 0"),
     ],
 )
 def test_invalid_configurations_say_why(text: str, message: str) -> None:
@@ -143,3 +152,21 @@ def test_plaintext_beyond_this_machine_only_with_the_insecure_key() -> None:
     text = MINIMAL.replace("127.0.0.1:5672", "mq.example.dk:5672").replace(
         'queue = "mailbox"', 'queue = "mailbox"\ninsecure_plaintext = true')
     assert cfg.parse(text).sources[0].insecure_plaintext  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["purge", "--retention-days", "-5"], "-5 is below the least allowed, 1"),
+    (["purge", "--quarantine-days", "-1"], "-1 is below the least allowed, 0"),
+    (["replay", "in", "--max-bytes", "0"], "0 is below the least allowed, 1"),
+    (["replay", "in", "--pair-window-hours", "nan"], "nan is not above 0"),
+])
+def test_an_option_out_of_range_is_a_usage_error_that_touches_nothing(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    """`purge --retention-days -5` deleted every event, and with them what tells a
+    redelivery or a twin from a new event."""
+    store = tmp_path / "s.db"
+    result = run_cli(*args, "--store", str(store), check=False)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert not store.exists()

@@ -66,6 +66,9 @@ class AmqpSource(Strict, tag_field="type", tag="amqp"):
 class PushSource(Strict, tag_field="type", tag="push"):
     listen: str = "0.0.0.0:8443"
     insecure_plaintext: bool = False  # plain HTTP on a non-loopback address
+    # Accept pushes from any client on a non-loopback address (TLS without a client
+    # certificate): only behind a proxy that checks the Beskedfordeler's certificate itself.
+    insecure_any_client: bool = False
     path: str = "/"
     tls: TlsConfig | None = None
     timeout_seconds: float = 30.0
@@ -233,6 +236,14 @@ def _check_transport(config: Config) -> None:
                               "insecure_plaintext = true if you really mean it")
         elif source.tls is not None:
             _check_client_rules(where, source.tls)
+            if (not source.tls.require_client_cert and not source.listen.startswith(LOOPBACK)
+                    and not source.insecure_any_client):
+                # anyone who reaches the port could push case events emitted as AES's
+                raise ConfigError(
+                    f"{where}: a push receiver on {source.listen!r} would take case events "
+                    "from any client: set [tls] require_client_cert = true (and "
+                    "allowed_clients), or insecure_any_client = true behind a proxy that "
+                    "checks the Beskedfordeler's certificate")
     for index, sink in enumerate(config.sinks):
         if isinstance(sink, JsonlSink) or sink.insecure_plaintext:
             continue

@@ -141,6 +141,7 @@ def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:
         (MINIMAL.replace("127.0.0.1:5672", "mq.example.dk:5672"), "amqps"),
         (MINIMAL + '[[sinks]]\ntype = "mqtt"\nurl = "mqtt://mqtt.example.dk"\n', "mqtts"),
         (MINIMAL + '[[sources]]\ntype = "push"\nlisten = "0.0.0.0:8080"\n', "needs \\[tls\\]"),
+        (PUSH_TLS.format(rules=""), "would take case events from any client"),
     ],
 )
 def test_plaintext_beyond_this_machine_is_refused(text: str, named: str) -> None:
@@ -170,3 +171,12 @@ def test_an_option_out_of_range_is_a_usage_error_that_touches_nothing(
     assert result.returncode == 2
     assert says in result.stderr
     assert not store.exists()
+
+
+def test_a_push_receiver_for_any_client_is_taken_when_asked_for_by_name() -> None:
+    """Behind a proxy that checks the Beskedfordeler's certificate itself."""
+    text = PUSH_TLS.format(rules="").replace('type = "push"',
+                                             'type = "push"\ninsecure_any_client = true')
+    (source,) = cfg.parse(text).sources
+    assert isinstance(source, cfg.PushSource)
+    assert source.insecure_any_client

@@ -39,6 +39,7 @@ RECENT_OUTBOX_ROWS: Final = 8192
 # with one fsync per batch, never one per message. Only a sink's progress mark is not.
 SYNC_COMMITS: Final = "FULL"
 CLOSE_CHUNK: Final = 5000  # pairing windows closed per statement (15-25 ms of the store)
+LINK_TOUCH_AFTER_S: Final = 86400  # a link's last use is written when a day old or more
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,7 +84,7 @@ CREATE TABLE IF NOT EXISTS links (
     case_number TEXT NOT NULL UNIQUE,
     cpr TEXT NOT NULL,
     method TEXT NOT NULL,
-    learned_at INTEGER NOT NULL
+    learned_at INTEGER NOT NULL  -- learned, or last used by an event (to the day)
 );
 CREATE INDEX IF NOT EXISTS links_learned ON links (learned_at);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -367,6 +368,12 @@ def _write(
     db.executemany(
         "INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
         [(*msgspec.structs.astuple(link), now) for link in effects.new_links],
+    )
+    # A link's retention counts from its last use: a case still active years on keeps the
+    # link that gives its events both case ids. Written at most once a day per link.
+    db.executemany(
+        "UPDATE links SET learned_at = ? WHERE legacy_case_id = ? AND learned_at < ?",
+        [(now, legacy, now - LINK_TOUCH_AFTER_S) for legacy in effects.used_links],
     )
     if not effects.output:
         return []

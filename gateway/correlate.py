@@ -141,6 +141,7 @@ class Effects:
         self.new_events: dict[str, EventRecord] = {}
         self.updated_events: dict[str, EventRecord] = {}
         self.new_links: list[Link] = []
+        self.used_links: set[str] = set()  # legacy ids of the links this batch's events used
         self.output: list[CanonicalEvent] = []
 
 
@@ -166,7 +167,11 @@ class Correlator:
         stream_time = epoch(event.formed_at or received_at)
         link, link_conflict = self._learn_explicit_link(event)
         links = self._links_of(event)  # the explicit link just learned included
-        link_conflict = link_conflict or any(known.cpr != event.cpr for known in links)
+        for known in links:
+            if known.cpr == event.cpr:
+                self.effects.used_links.add(known.legacy_case_id)  # a case still active
+            else:
+                link_conflict = True
         case_ids = self._case_ids(event, links)
         times = _times(epoch(event.occurred_at), _epoch_or_none(event.occurred_alt))
         decision, ambiguous, conflict = self._match(event, stream_time, case_ids, times)

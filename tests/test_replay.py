@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import re
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -190,3 +191,32 @@ def test_parsing_in_a_worker_process_gives_the_same_stream(
     ids_a = [e["event_id"] for e in read_jsonl(tmp_path / "a.jsonl")]
     ids_b = [e["event_id"] for e in read_jsonl(tmp_path / "b.jsonl")]
     assert ids_a == ids_b
+
+
+def test_a_link_in_use_outlives_the_retention_counted_from_when_it_was_learned(
+    tmp_path: Path,
+) -> None:
+    """A work-injury case can run for years: the link that gives its events both case ids
+    is purged a retention period after its last use, not after it was learned."""
+    store = tmp_path / "s.db"
+    replay([FIXTURES], store, tmp_path / "out.jsonl")
+    long_ago = int((dt.datetime.now(dt.UTC) - dt.timedelta(days=399)).timestamp())
+    with sqlite3.connect(store) as db:
+        assert db.execute("UPDATE links SET learned_at = ?", (long_ago,)).rowcount == 1
+    db.close()
+    later = tmp_path / "later"  # the same old case, a year and a half on: recognised
+    later.mkdir()
+    (later / "001.xml").write_bytes((FIXTURES / "v22-inline.xml").read_bytes()
+                                    .replace(b"140185123410102202203011015",
+                                             b"140185123410103202311011015")
+                                    .replace(b"3f5e2a0c-6a51-4c1e-9f0e-1b7d2f9a4c02",
+                                             b"3f5e2a0c-6a51-4c1e-9f0e-1b7d2f9a4c99"))
+    replay([later], store, tmp_path / "later.jsonl")
+    (event,) = read_jsonl(tmp_path / "later.jsonl")
+    assert event["case"]["case_number"] == "AES-2022-0004711"  # type: ignore[index]
+
+    async def purge() -> dict[str, int]:
+        async with await Store.open(store) as opened:
+            return await opened.purge(400, 90, dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+
+    assert asyncio.run(purge())["links"] == 0

@@ -105,6 +105,7 @@ async def _observe(
                 next_purge = loop.time() + 3600
             except Exception:
                 log.warning("retention purge failed; retried in 5 minutes", exc_info=True)
+                metrics.purge_failures.inc()
                 next_purge = loop.time() + 300
         await asyncio.sleep(every_s)
 

@@ -56,6 +56,9 @@ class Metrics:
                                   ["sink"], registry=registry)
         self.store_bytes = Gauge("aes_gateway_store_size_bytes", "Store file size",
                                  registry=registry)
+        self.purge_failures = Counter("aes_gateway_retention_purge_failures",
+                                      "Retention purges that failed (each retried in 5 min)",
+                                      registry=registry)
         self.latency = Histogram("aes_gateway_receive_to_commit_seconds",
                                  "From receiving a message to committing its outcome",
                                  buckets=LATENCY_BUCKETS, registry=registry)

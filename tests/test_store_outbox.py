@@ -16,6 +16,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 import adapters.sqlite
@@ -25,6 +26,7 @@ from gateway.envelope import EnvelopeReader
 from gateway.ports import OutboxRow
 from tests import helpers as h
 from tests.conftest import ROOT
+from tests.mosquitto import free_port
 
 
 async def commit_new_events(store: Store, count: int) -> None:
@@ -317,8 +319,19 @@ def test_a_failing_retention_purge_is_logged_as_a_warning(
 
     monkeypatch.setattr(Store, "purge", full)
     caplog.set_level(logging.INFO, logger="aes_gateway.runtime")
-    config = cfg.parse(push_to_jsonl(tmp_path, 0) + '[http]\nlisten = "127.0.0.1:0"\n')
-    asyncio.run(run(config, until_idle=0.5))
+    port = free_port()
+    config = cfg.parse(push_to_jsonl(tmp_path, 0) + f'[http]\nlisten = "127.0.0.1:{port}"\n')
+
+    async def scenario() -> str:
+        service = asyncio.create_task(run(config, until_idle=1.0))
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+        await service
+        return text
+
+    assert "aes_gateway_retention_purge_failures_total 1.0" in asyncio.run(scenario())
     (failed,) = [r for r in caplog.records if r.getMessage().startswith("retention purge")]
     assert failed.levelname == "WARNING"
     assert failed.exc_info is not None

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import logging
 import os
 import stat
 import sys
+from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from itertools import pairwise
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, overload
 
 from gateway.decide import Prepared, Result, prepare
 from gateway.envelope import EnvelopeReader
@@ -26,20 +29,70 @@ class InputError(Exception):
     """An input path that cannot be read."""
 
 
-def list_inputs(inputs: Sequence[Path]) -> list[str]:
-    """Files as given; a directory's `*.xml` in file-name order (which is arrival order).
+class InputFiles(Sequence[str]):
+    """The files to replay, in order, as paths; kept compactly, as a backlog may be millions
+    of files: each name's bytes in one buffer, a name's start in an array (about 20 bytes a
+    file, against about 100 for a list of path strings)."""
 
-    Paths as plain strings: a backlog may hold millions of files, and a Path object costs
-    several times the bytes of its string.
-    """
-    files: list[str] = []
+    def __init__(self) -> None:
+        self._names = bytearray()
+        self._starts = array("Q")
+        self._folders: list[tuple[int, str]] = []  # (index of its first file, folder)
+
+    def add(self, folder: str, names: Sequence[bytes]) -> None:
+        """Files of `folder`, in the order given, after those added before."""
+        if not names:
+            return
+        self._folders.append((len(self._starts), folder))
+        for name in names:
+            self._starts.append(len(self._names))
+            self._names += name
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self._paths(i, i + 1)[0] for i in range(start, stop, step)]
+            return self._paths(start, stop)
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return self._paths(index % len(self), index % len(self) + 1)[0]
+
+    def _paths(self, start: int, stop: int) -> list[str]:
+        """The paths of files start..stop-1, a folder's run at a time."""
+        paths: list[str] = []
+        names, starts, folders = memoryview(self._names), self._starts, self._folders
+        while start < stop:
+            at = bisect.bisect_right(folders, (start, "\U0010ffff")) - 1
+            folder = folders[at][1] + os.sep
+            end = min(stop, folders[at + 1][0] if at + 1 < len(folders) else len(starts))
+            cuts = [*starts[start:end], starts[end] if end < len(starts) else len(names)]
+            paths += [folder + os.fsdecode(bytes(names[a:b])) for a, b in pairwise(cuts)]
+            start = end
+        return paths
+
+
+def list_inputs(inputs: Sequence[Path]) -> InputFiles:
+    """Files as given; a directory's `*.xml` in file-name order (which is arrival order),
+    sorted by their bytes, as `ls` sorts in the C locale."""
+    files = InputFiles()
     for path in inputs:
         if path.is_dir():
-            with os.scandir(path) as entries:  # d_type, no stat per file; sort the names
-                names = sorted(e.name for e in entries if e.name.endswith(".xml") and e.is_file())
-            files.extend(os.path.join(path, name) for name in names)
+            with os.scandir(os.fsencode(path)) as entries:  # d_type: no stat per file
+                names = [e.name for e in entries if e.name.endswith(b".xml") and e.is_file()]
+            names.sort()
+            files.add(str(path), names)
         elif path.is_file():
-            files.append(str(path))
+            files.add(str(path.parent), [os.fsencode(path.name)])
         else:
             raise InputError(f"input {str(path)!r} is neither a file nor a directory")
     return files
@@ -137,10 +190,15 @@ async def prepared_batches(
     batch it needs next is not ready yet, this process parses the next unclaimed batch itself
     instead of waiting idle (and keeps it, in order, for later).
     """
-    chunks = deque(files[start:end] for start, end in batch_bounds(len(files), size))
+    chunks = deque(batch_bounds(len(files), size))  # paths made when a batch's turn comes
+
+    def take() -> Sequence[str]:
+        start, end = chunks.popleft()
+        return files[start:end]
+
     if workers < 1:
         while chunks:
-            yield _prepare_files(chunks.popleft(), max_bytes)
+            yield _prepare_files(take(), max_bytes)
         return
     loop = asyncio.get_running_loop()
     with worker_pool(workers) as pool:
@@ -148,7 +206,7 @@ async def prepared_batches(
 
         def keep_workers_busy() -> None:  # a few batches queued per worker
             while chunks and sum(isinstance(s, asyncio.Future) for s in slots) < workers + 2:
-                chunk = chunks.popleft()
+                chunk = take()
                 slots.append(loop.run_in_executor(pool, _prepare_files_encoded, chunk, max_bytes))
 
         keep_workers_busy()
@@ -156,7 +214,7 @@ async def prepared_batches(
             head = slots[0]
             if isinstance(head, asyncio.Future) and not head.done() and chunks:
                 # rather than wait: parse a later batch here
-                slots.append(_prepare_files(chunks.popleft(), max_bytes))
+                slots.append(_prepare_files(take(), max_bytes))
                 await asyncio.sleep(0)  # let the worker's result in
                 continue
             slot = slots.popleft()

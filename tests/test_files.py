@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from adapters.files import FileDelivery, JsonlSink
+from adapters.files import FileDelivery, JsonlSink, list_inputs
 from gateway.pipeline import Relay
 from gateway.ports import OutboxRow
 from tests.fakes import MemoryStore
@@ -97,3 +98,39 @@ def test_lines_are_on_disk_before_the_relay_marks_them_sent(
     sink.close()
     assert steps == ["synced 10 lines", "marked 10", "synced 20 lines", "marked 20",
                      "synced 25 lines", "marked 25"]
+
+
+def test_inputs_are_listed_in_file_name_order_and_sliced_as_a_list(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    (inbox / "sub.xml").mkdir(parents=True)  # a folder, not a message
+    names = [b"002.xml", b"010.xml", b"001.xml", b"b\xe6r.xml", b"ba.xml", b"note.txt"]
+    for name in names:  # one not UTF-8 (Latin-1 "bær"), as on an old file share
+        os.close(os.open(os.path.join(os.fsencode(inbox), name), os.O_CREAT | os.O_WRONLY))
+    single = tmp_path / "z.xml"
+    single.touch()
+    files = list_inputs([inbox, single])
+    expected = [os.path.join(inbox, os.fsdecode(n))
+                for n in sorted(n for n in names if n.endswith(b".xml"))] + [str(single)]
+    assert list(files) == expected
+    assert len(files) == 6
+    assert files[-1] == str(single)
+    assert files[2:5] == expected[2:5]
+    assert files[::2] == expected[::2]
+    assert files[4:] == expected[4:]  # across the two inputs
+    with pytest.raises(IndexError):
+        files[6]
+
+
+def test_a_listing_keeps_about_twenty_bytes_a_file(tmp_path: Path) -> None:
+    """A backlog may be millions of files: a list of path strings kept about 100 bytes a
+    file (500 MB for five million)."""
+    for index in range(20_000):
+        os.close(os.open(tmp_path / f"{index:06d}.xml", os.O_CREAT | os.O_WRONLY, 0o600))
+    tracemalloc.start()
+    try:
+        files = list_inputs([tmp_path])
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(files) == 20_000
+    assert kept / len(files) < 30

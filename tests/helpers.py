@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gateway.formats import v22, v30
 from gateway.model import ParsedEvent, RawMessage, Version
+from tests.conftest import run_cli
 
 UTC = dt.UTC
 CPR = "1401851234"
@@ -162,3 +163,14 @@ listen = "127.0.0.1:{port}"
 type = "jsonl"
 path = "{workdir / 'out.jsonl'}"
 """
+
+
+def replayed_store(workdir: Path, body: bytes, *options: str) -> Path:
+    """A store holding one message, replayed with the CLI and these options."""
+    inbox = workdir / "in"
+    inbox.mkdir()
+    (inbox / "001.xml").write_bytes(body)
+    store = workdir / "s.db"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", str(workdir / "o.jsonl"),
+            *options)
+    return store

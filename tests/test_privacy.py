@@ -10,6 +10,7 @@ import pytest
 
 from gateway.privacy import mask_message
 from tests.conftest import run_cli
+from tests.helpers import replayed_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CPR, MASKED = "1401851234", "140185"
@@ -64,13 +65,8 @@ def test_base64_that_does_not_decode_is_withheld() -> None:
 
 
 def test_quarantine_show_masks_a_2_2_record_and_raw_shows_it_as_stored(tmp_path: Path) -> None:
-    inbox = tmp_path / "in"
-    inbox.mkdir()
     body = (FIXTURES / "v22-inline.xml").read_bytes()
-    (inbox / "001.xml").write_bytes(body)
-    store = tmp_path / "s.db"
-    run_cli("replay", str(inbox), "--store", str(store), "--output", str(tmp_path / "o.jsonl"),
-            "--max-bytes", "1000")
+    store = replayed_store(tmp_path, body, "--max-bytes", "1000")
     shown = run_cli("quarantine", "show", "1", "--store", str(store)).stdout
     assert "too_large" in shown
     assert _leaks(shown) == []
@@ -79,13 +75,9 @@ def test_quarantine_show_masks_a_2_2_record_and_raw_shows_it_as_stored(tmp_path:
 
 
 def test_quarantine_list_and_show_mask_a_cpr_quoted_in_the_reason(tmp_path: Path) -> None:
-    inbox = tmp_path / "in"
-    inbox.mkdir()
     body = (FIXTURES / "v22-inline.xml").read_bytes().replace(
         b"93981c87-7736-45fd-8e12-0c7394331045", CPR.encode())  # a CPR where the type goes
-    (inbox / "001.xml").write_bytes(body)
-    store = tmp_path / "s.db"
-    run_cli("replay", str(inbox), "--store", str(store), "--output", str(tmp_path / "o.jsonl"))
+    store = replayed_store(tmp_path, body)
     listed = run_cli("quarantine", "list", "--store", str(store)).stdout
     assert "unknown_beskedtype" in listed
     assert "140185-****" in listed  # the detail quotes the Beskedtype

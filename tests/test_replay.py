@@ -16,6 +16,7 @@ import pytest
 from adapters.sqlite import Store
 from gateway.cli import _simulate, run_replay
 from tests.conftest import read_jsonl, run_cli
+from tests.helpers import replayed_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -115,13 +116,8 @@ def test_store_file_is_private(tmp_path: Path) -> None:
 
 
 def test_quarantine_list_show_and_replay_after_a_fix(tmp_path: Path) -> None:
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    body = (FIXTURES / "v30-inline.xml").read_bytes()
-    (inbox / "001.xml").write_bytes(body)
-    store = tmp_path / "s.db"
-    run_cli("replay", str(inbox), "--store", str(store), "--output", str(tmp_path / "o.jsonl"),
-            "--max-bytes", "1000")
+    store = replayed_store(tmp_path, (FIXTURES / "v30-inline.xml").read_bytes(),
+                           "--max-bytes", "1000")
     listed = [json.loads(line) for line in run_cli("quarantine", "list", "--store",
                                                    str(store)).stdout.splitlines()]
     assert [q["reason"] for q in listed] == ["too_large"]

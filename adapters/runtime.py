@@ -88,8 +88,6 @@ async def _observe(
             await _observe_once(service, store, metrics)
         except Exception:  # a metrics pass must never stop the service
             log.debug("metrics pass failed", exc_info=True)
-        # The purge deletes personal data past its retention: a failing one must be seen, and
-        # is retried in 5 minutes (not at every pass, which would fill the log).
         if loop.time() >= next_close:
             next_close = loop.time() + 60
             try:
@@ -97,6 +95,8 @@ async def _observe(
             except Exception:
                 log.warning("closing pairing windows failed; retried in a minute",
                             exc_info=True)
+        # The purge deletes personal data past its retention: a failing one must be seen, and
+        # is retried in 5 minutes (not at every pass, which would fill the log).
         if loop.time() >= next_purge:
             try:
                 deleted = await store.purge(config.store.retention_days,

@@ -25,6 +25,7 @@ from gateway.config import AmqpSink as AmqpSinkConfig
 from gateway.config import AmqpSource as AmqpSourceConfig
 from gateway.config import TlsConfig
 from gateway.decide import Result
+from gateway.logs import mask
 from gateway.model import RawMessage
 from gateway.ports import Delivery, OutboxRow
 
@@ -289,19 +290,21 @@ class AmqpSink:
         ])
 
     async def send_quarantine_headers(self, rows: Sequence[QuarantineRow]) -> None:
-        """The quarantine without the raw messages (for sinks that must not see a CPR)."""
+        """The quarantine without the raw messages, and with any CPR in a reason's detail
+        masked (for sinks that must not see a CPR): a detail quotes the refused input."""
         await self.send_quarantine(rows, with_body=False)
 
     async def send_quarantine(self, rows: Sequence[QuarantineRow], with_body: bool = True) -> None:
         if not self.config.quarantine_exchange:
             return
+        shown = (lambda text: text) if with_body else mask
         await self._publish(self.config.quarantine_exchange, [
             (row.body if with_body else b"", f"{row.version or 'unknown'}.{row.reason}",
              Properties(
                 content_type="application/xml", message_id=row.message_key,
                 delivery_mode=PERSISTENT,
-                headers={"reason": row.reason, "detail": row.detail or "",
-                         "version": row.version or "unknown", "source": row.source},
+                headers={"reason": row.reason, "detail": shown(row.detail or ""),
+                         "version": row.version or "unknown", "source": shown(row.source)},
             ))
             for row in rows
         ])

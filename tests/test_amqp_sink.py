@@ -47,3 +47,28 @@ def test_the_events_and_the_quarantine_relay_share_one_connection_closed_at_the_
     assert (events, quarantined) == (1, 1), "both went out"
     assert len(opened) == 1, f"{len(opened)} connections opened"
     assert all(connection.is_closed for connection in opened), "none left open"
+
+
+def test_a_quarantine_exchange_without_cpr_gets_the_reason_with_any_cpr_masked() -> None:
+    """A reason's detail quotes the refused input, which can be a CPR: a sink configured
+    not to see one got it in the detail header."""
+
+    async def scenario() -> dict[str, object]:
+        topo = await brokers.declare()
+        config = AmqpSinkConfig(url=brokers.AMQP_URL, exchange=topo.exchange,
+                                quarantine_exchange=topo.quarantine_exchange, cpr="omitted")
+        sink = AmqpSink(config, plain_connector(brokers.AMQP_URL, None), "amqp:test")
+        try:
+            await sink.send_quarantine_headers([QuarantineRow(
+                1, "key-1", None, "unknown_beskedtype", "Beskedtype '1401851234' unknown",
+                "file:140185-1234.xml", 0, b"<x>1401851234</x>")])
+            await sink.close()
+            (message,) = await brokers.drain(topo.quarantine_queue, idle_s=0.3)
+        finally:
+            await brokers.delete(topo)
+        assert message.body == b""
+        return dict(message.headers or {})
+
+    headers = asyncio.run(scenario())
+    assert headers["detail"] == "Beskedtype '140185-****' unknown"
+    assert headers["source"] == "file:140185-****.xml"

@@ -30,6 +30,9 @@ def pseudonym(cpr: str, secret: bytes) -> str:
 
 
 def apply(body: bytes, mode: str, secret: bytes | None) -> bytes:
+    """A canonical event as a sink of this mode sees it. Without `full`, a CPR that a
+    caseworker typed into free text (the description, a certificate's specialty) is masked
+    as in the logs, too."""
     if mode == "full":
         return body
     event = _decoder.decode(body)
@@ -40,6 +43,12 @@ def apply(body: bytes, mode: str, secret: bytes | None) -> bytes:
         else:
             assert secret is not None  # noqa: S101 - the configuration requires one
             event.person.cpr = pseudonym(cpr, secret)
+    if event.description is not None:
+        event.description = mask(event.description)
+    certificate = event.certificate
+    if certificate is not None and certificate.specialty is not None:
+        event.certificate = msgspec.structs.replace(certificate,
+                                                    specialty=mask(certificate.specialty))
     return _encoder.encode(event)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from gateway.privacy import mask_message
+from gateway.privacy import apply, mask_message
 from tests.conftest import run_cli
 from tests.helpers import replayed_store
 
@@ -83,3 +85,20 @@ def test_quarantine_list_and_show_mask_a_cpr_quoted_in_the_reason(tmp_path: Path
     assert "140185-****" in listed  # the detail quotes the Beskedtype
     assert _leaks(listed) == []
     assert _leaks(run_cli("quarantine", "show", "1", "--store", str(store)).stdout) == []
+
+
+@pytest.mark.parametrize("mode", ["pseudonymised", "omitted"])
+def test_a_sink_without_cpr_gets_free_text_with_any_cpr_masked(mode: str) -> None:
+    """A caseworker may type a CPR into the event's text; a sink configured not to see the
+    CPR got it there."""
+    event = msgspec.json.decode(run_cli("replay", str(FIXTURES / "v30-inline.xml"),
+                                        "--output", "-").stdout.splitlines()[0])
+    event["description"] = "Sagen vedrører 140185-1234 (og 1401851234)"
+    event["certificate"] = {"kind": "specialist", "specialty": "CPR 1401851234",
+                            "requested_on": None, "received_on": None}
+    shown = msgspec.json.decode(apply(msgspec.json.encode(event), mode, b"secret"))
+    assert shown["description"] == "Sagen vedrører 140185-**** (og 140185-****)"
+    assert shown["certificate"]["specialty"] == "CPR 140185-****"
+    assert _leaks(json.dumps(shown)) == []
+    full = msgspec.json.decode(apply(msgspec.json.encode(event), "full", None))
+    assert full["description"] == event["description"]  # as AES wrote it, for a full sink

@@ -77,6 +77,9 @@ class PushSource(Strict, tag_field="type", tag="push"):
 CprMode = Literal["full", "pseudonymised", "omitted"]
 
 
+MIN_CPR_SECRET: Final = 16  # characters of the pseudonymisation key
+
+
 class SinkCommon(Strict):
     # What a sink's consumers see of the CPR: as is, a keyed HMAC-SHA256 (one person's events
     # still join), or null.
@@ -277,6 +280,11 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"sinks[{index}].url must start with mqtt:// or mqtts://")
         if sink.cpr == "pseudonymised" and not sink.cpr_secret:
             raise ConfigError(f"sinks[{index}]: cpr = 'pseudonymised' needs cpr_secret")
+        if sink.cpr == "pseudonymised" and len(sink.cpr_secret or "") < MIN_CPR_SECRET:
+            # whoever knows one person's CPR and pseudonym can try every short key, and
+            # with the key, every CPR (there are only some 10^9)
+            raise ConfigError(f"sinks[{index}].cpr_secret is shorter than {MIN_CPR_SECRET} "
+                              "characters: use a random one, e.g. `openssl rand -hex 32`")
         if sink.max_backlog < 1:
             raise ConfigError(f"sinks[{index}].max_backlog must be at least 1")
     names = [sink_name(sink) for sink in config.sinks]

@@ -79,6 +79,8 @@ def test_an_allowed_client_rule_reads_short_and_long_names() -> None:
         (MINIMAL.replace('path = "out.jsonl"', 'path = "o"\ncpr = "pseudonymised"'),
          "cpr_secret"),
         (MINIMAL.replace('path = "out.jsonl"', 'path = "o"\ncpr = "hashed"'), "cpr"),
+        (MINIMAL.replace('path = "out.jsonl"', 'path = "o"\ncpr = "pseudonymised"\n'
+                         'cpr_secret = "kommune"'), "cpr_secret is shorter than 16"),
         ("not = [toml", "not valid TOML"),
         (MINIMAL + '[[sinks]]\ntype = "jsonl"\npath = "./out.jsonl"\ncpr = "omitted"\n',
          r"sinks\[0\] and sinks\[1\] are the same destination \(jsonl:/"),
@@ -107,7 +109,7 @@ def test_invalid_configurations_say_why(text: str, message: str) -> None:
 @pytest.mark.parametrize("name", ["local.toml", "beskedfordeler-test.toml"])
 def test_the_shipped_examples_are_valid(name: str) -> None:
     env = {"AMQP_PASSWORD": "x", "MUNICIPALITY_CVR": "29189846", "LOCAL_AMQP_PASSWORD": "y",
-           "CPR_PSEUDONYM_KEY": "k"}
+           "CPR_PSEUDONYM_KEY": "0123456789abcdef"}
     text = (ROOT / "examples" / name).read_text()
     for key, value in env.items():
         text = text.replace("${" + key + "}", value)

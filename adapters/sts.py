@@ -133,6 +133,7 @@ class TokenKeeper:
         self.client = client
         self.refresh_before = dt.timedelta(seconds=refresh_before_s)
         self.token: Token | None = None
+        self._renew_at = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._task: asyncio.Task[None] | None = None
 
     def current(self) -> bytes:
@@ -142,12 +143,24 @@ class TokenKeeper:
 
     async def ensure(self) -> None:
         if self.token is None or self._due() <= 0:
-            self.token = await self.client.issue()
+            self._take(await self.client.issue())
+
+    def _take(self, token: Token) -> None:
+        """Renewed `refresh_before` ahead of expiry, but not before half its lifetime: with a
+        lifetime shorter than that lead (refresh_before_seconds set to the lifetime, say), a
+        token would be due at once, and the connection re-opened every second."""
+        now = dt.datetime.now(dt.UTC)
+        lead = min(self.refresh_before, (token.expires_at - now) / 2)
+        if lead < self.refresh_before:
+            log.warning("the STS token lives %.0f s, less than twice refresh_before_seconds "
+                        "(%.0f s): it is renewed at half its lifetime",
+                        (token.expires_at - now).total_seconds(),
+                        self.refresh_before.total_seconds())
+        self.token = token
+        self._renew_at = token.expires_at - lead
 
     def _due(self) -> float:
-        assert self.token is not None  # noqa: S101 - ensure() ran first
-        renew_at = self.token.expires_at - self.refresh_before
-        return (renew_at - dt.datetime.now(dt.UTC)).total_seconds()
+        return (self._renew_at - dt.datetime.now(dt.UTC)).total_seconds()
 
     def keep_fresh(self, connection: AbstractRobustConnection) -> None:
         if self._task is None:
@@ -157,7 +170,7 @@ class TokenKeeper:
         while not connection.is_closed:
             await asyncio.sleep(max(self._due(), 1.0))
             try:
-                self.token = await self.client.issue()
+                self._take(await self.client.issue())
             except StsError:
                 log.exception("token renewal failed; retrying in 30 s")
                 await asyncio.sleep(30)

@@ -159,3 +159,24 @@ def test_token_is_renewed_and_the_connection_reopened_before_expiry(tmp_path: Pa
     assert broker.connected_at[1] < first_expiry  # re-opened while the old token was valid
     assert broker.responses[:2] == [ASSERTION + b"<!-- 1 -->", ASSERTION + b"<!-- 2 -->"]
     assert len(sts.requests) >= 2
+
+
+def test_a_token_shorter_lived_than_the_renewal_lead_is_renewed_at_half_its_life(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """refresh_before_seconds longer than the STS's tokens live (set to the lifetime, say)
+    made every token due at once: a new token and a re-opened connection every second."""
+    async def scenario() -> Sts:
+        async with Sts(tmp_path, lifetime_s=6) as sts, FakeBroker() as broker:
+            keeper = TokenKeeper(StsClient(sts.config()), refresh_before_s=10)
+            await keeper.ensure()
+            url = token_url(f"amqp://127.0.0.1:{broker.port}/BF", keeper.current)
+            connection = await aio_pika.connect_robust(url, timeout=5)
+            keeper.keep_fresh(connection)
+            await asyncio.sleep(4.5)
+            await connection.close()
+            return sts
+
+    sts = asyncio.run(scenario())
+    assert len(sts.requests) == 2  # the first, and one at about half its life (2.5-3 s)
+    assert "renewed at half its lifetime" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -137,12 +138,21 @@ def test_mosquitto_stopped_mid_stream_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_amqp_and_mqtt_sinks_together_with_mqtt_down(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path)  # configured, but not started yet: the MQTT sink is down
+    broker = Mosquitto(tmp_path)
 
     async def scenario() -> tuple[int, set[str], int]:
         topo = await brokers.declare()
         stop = asyncio.Event()
         collector = Collector(broker.port, f"{PREFIX}/#")
+        # The collector's persistent session first: when MQTT returns, the gateway may publish
+        # before the collector is back, and a session that did not exist would miss those.
+        await asyncio.to_thread(broker.start)
+        listening = asyncio.create_task(collector.run())
+        await collector.ready()
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await asyncio.to_thread(broker.stop)  # the MQTT sink is down from the start
         try:
             expected = await _load(topo, 60, 33)
             config = cfg.parse(f"""

@@ -177,8 +177,6 @@ async def _dispatch(args: argparse.Namespace) -> int:
             print(report.table(rows))
         return 0
     if command == "purge":
-        if args.retention_days < 1:
-            raise UsageError("--retention-days must be at least 1")
         async with await Store.open(_existing(args.store)) as store:
             _write_json("-", await store.purge(args.retention_days, args.quarantine_days))
         return 0

@@ -17,6 +17,7 @@ import msgspec
 from gateway.formats import v22
 from gateway.logs import mask
 from gateway.model import CanonicalEvent
+from gateway.normalize import mask_cpr
 from gateway.ports import OutboxRow, Sink
 
 _decoder = msgspec.json.Decoder(CanonicalEvent)
@@ -79,7 +80,6 @@ _CPR_ELEMENT: Final = re.compile(r"(<(?:[\w.-]+:)?CPR\b[^>]*>)([^<]*)(?=<)")
 _TEXT_PAYLOAD: Final = re.compile(r"(<(?:[\w.-]+:)?Sagshaendelse\b[^>]*>)([^<]*)(?=</)")
 _BASE64: Final = re.compile(r"(<(?:[\w.-]+:)?Base64\b([^>]*)>)([^<]*)(?=</)")
 _CHARSET: Final = re.compile(r"""\bencoding\s*=\s*["']([^"']{1,40})["']""")
-_HIDDEN: Final = "****"
 _SHOWN: Final = 6  # a CPR's first six characters, the birth date, stay readable
 
 
@@ -88,7 +88,7 @@ def mask_message(body: bytes) -> str:
     mask it (`140185-****`), also where it sits among other digits or is malformed, and with
     each Base64 payload shown decoded (and masked) instead of as Base64."""
     text = body.decode("utf-8", "replace")
-    text = _BASE64.sub(_decoded, text)
+    text = _BASE64.sub(_decoded, text)  # first: what it decodes to is masked below
     text = _URN_CPR.sub(lambda m: m[1] + _masked_value(m[2]), text)
     text = _CPR_ELEMENT.sub(lambda m: m[1] + _masked_value(m[2]), text)
     text = _TEXT_PAYLOAD.sub(lambda m: m[1] + _masked_record(m[2]), text)
@@ -96,9 +96,8 @@ def mask_message(body: bytes) -> str:
 
 
 def _masked_value(value: str) -> str:
-    """A CPR value, well-formed or not: its first six characters and `****`."""
-    head = value.strip()[:_SHOWN]
-    return value if not value.strip() else f"{head}-{_HIDDEN}"
+    """A CPR value, well-formed or not, masked as the logs mask one; blank stays blank."""
+    return mask_cpr(value.strip()) if value.strip() else value
 
 
 def _masked_record(text: str) -> str:
@@ -126,9 +125,6 @@ def _decoded(match: re.Match[str]) -> str:
         decoded = data.decode(codecs.lookup(charset[1]).name if charset else "utf-8")
     except (LookupError, UnicodeDecodeError):
         decoded = data.decode("latin-1")  # for display: every byte a character
-    if not decoded.lstrip().startswith("<"):  # a 2.2 record
+    if not decoded.lstrip().startswith("<"):  # a 2.2 record; XML is masked with the rest
         decoded = _masked_record(decoded)
-    else:
-        decoded = _URN_CPR.sub(lambda m: m[1] + _masked_value(m[2]), decoded)
-        decoded = _CPR_ELEMENT.sub(lambda m: m[1] + _masked_value(m[2]), decoded)
     return f"{start}<!-- decoded from Base64 for display, CPR masked -->{decoded}"

@@ -36,9 +36,11 @@ async def load(topo: brokers.Topology, messages: list[tuple[Version | None, byte
     await brokers.publish(topo.q30, [b for v, b in messages if v is not Version.V2_2])
 
 
-async def passthrough(topo: brokers.Topology, total: int, window: int = 1000) -> float:
+async def passthrough(topo: brokers.Topology, total: int, window: int = 1000,
+                      latencies: list[float] | None = None) -> float:
     """Consume both queues; a flusher republishes what has arrived with pipelined confirms and
-    then acks it (one multiple-ack per channel), while consumption goes on."""
+    then acks it (one multiple-ack per channel), while consumption goes on. With `latencies`,
+    each message's time from delivery to the ack after its republish's confirm is added."""
     connection = await aio_pika.connect(brokers.AMQP_URL)
     async with connection:
         channel = await connection.channel()
@@ -46,11 +48,11 @@ async def passthrough(topo: brokers.Topology, total: int, window: int = 1000) ->
         publishing = await connection.channel(publisher_confirms=True)
         exchange = await publishing.declare_exchange(topo.exchange, aio_pika.ExchangeType.TOPIC,
                                                      durable=True)
-        pending: list[aio_pika.abc.AbstractIncomingMessage] = []
+        pending: list[tuple[float, aio_pika.abc.AbstractIncomingMessage]] = []
         arrived = asyncio.Event()
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            pending.append(message)
+            pending.append((time.perf_counter(), message))
             arrived.set()
 
         started = time.perf_counter()
@@ -64,9 +66,12 @@ async def passthrough(topo: brokers.Topology, total: int, window: int = 1000) ->
             chunk, pending[:] = list(pending), []
             await asyncio.gather(*(exchange.publish(
                 aio_pika.Message(m.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                "x.y.z", mandatory=False) for m in chunk))
-            for last in {id(m.channel): m for m in chunk}.values():
+                "x.y.z", mandatory=False) for _, m in chunk))
+            for last in {id(m.channel): m for _, m in chunk}.values():
                 await last.ack(multiple=True)
+            if latencies is not None:
+                acked = time.perf_counter()
+                latencies += [acked - at for at, _ in chunk]
             count += len(chunk)
         return total / (time.perf_counter() - started)
 

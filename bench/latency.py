@@ -36,11 +36,13 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.amqp import passthrough  # noqa: E402
 from gateway.simulate import simulate  # noqa: E402
 from tests import brokers  # noqa: E402
 from tests.mosquitto import free_port  # noqa: E402
 
 METRIC = "aes_gateway_receive_to_commit_seconds"
+BARE_PREFETCH = 300  # a mailbox's, as the gateway's configuration below has it
 
 
 async def publish_at(rate: float, streams: list[tuple[str, bytes]]) -> float:
@@ -61,42 +63,11 @@ async def publish_at(rate: float, streams: list[tuple[str, bytes]]) -> float:
         return len(streams) / (time.perf_counter() - started)
 
 
-async def bare(topo: brokers.Topology, total: int, prefetch: int = 300) -> list[float]:
-    """The passthrough of bench/amqp.py, each message timed from its delivery to the ack
-    that follows its republish's confirm; returns the latencies in seconds, sorted."""
-    connection = await aio_pika.connect(brokers.AMQP_URL)
-    latencies: list[float] = []
-    async with connection:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        publishing = await connection.channel(publisher_confirms=True)
-        exchange = await publishing.get_exchange(topo.exchange)
-        pending: list[tuple[float, aio_pika.abc.AbstractIncomingMessage]] = []
-        arrived = asyncio.Event()
-
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            pending.append((time.perf_counter(), message))
-            arrived.set()
-
-        for name in (topo.q22, topo.q30):
-            await (await channel.get_queue(name)).consume(on_message)
-        while len(latencies) < total:
-            await arrived.wait()
-            arrived.clear()
-            chunk, pending[:] = list(pending), []
-            await asyncio.gather(*(exchange.publish(
-                aio_pika.Message(m.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                "x.y.z") for _, m in chunk))
-            for last in {id(m.channel): m for _, m in chunk}.values():
-                await last.ack(multiple=True)
-            acked = time.perf_counter()
-            latencies += [acked - at for at, _ in chunk]
-    return sorted(latencies)
-
-
 def bare_child(prefix: str, total: int) -> None:
     """Runs in a process of its own: prints the sorted latencies as JSON."""
-    print(json.dumps(asyncio.run(bare(brokers.Topology(prefix), total))))
+    latencies: list[float] = []
+    asyncio.run(passthrough(brokers.Topology(prefix), total, BARE_PREFETCH, latencies))
+    print(json.dumps(sorted(latencies)))
 
 
 async def bare_campaign(args: argparse.Namespace) -> list[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,17 @@ def test_scale_script_decides_alike_with_and_without_a_big_store(tmp_path: Path)
         assert "peak RSS" in lines[f"replay into {name}"]
 
 
-def test_latency_script_reads_the_gateways_histogram() -> None:
-    result = bench("latency.py", "--rate", "200", "--seconds", "3", timeout=300)
+def test_latency_script_reads_the_gateways_histogram_next_to_the_bare_client() -> None:
+    result = bench("latency.py", "--rate", "200", "--seconds", "3", "--bare", timeout=300)
     print(result.stdout)
     lines = {line[:20].strip(): line[20:].strip() for line in result.stdout.splitlines()}
     assert lines["messages"].startswith("600 (histogram counted 600)")
     assert float(lines["p99"].split()[0]) > 0
+    bare = re.fullmatch(r"published at \d+ msg/s, delivery -> ack p50 ([\d.]+) ms  "
+                        r"p90 [\d.]+ ms  p99 ([\d.]+) ms  within 50 ms [\d.]+",
+                        lines["bare aio-pika"])
+    assert bare is not None, lines["bare aio-pika"]
+    assert 0 < float(bare[1]) <= float(bare[2])
 
 
 def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:

@@ -22,7 +22,7 @@ from gateway import config as cfg
 from gateway.clock import LiveClock
 from gateway.envelope import EnvelopeReader
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, Relay
+from gateway.pipeline import Outage, Pipeline, Relay
 from gateway.ports import Delivery, Sink
 from gateway.privacy import CprFilter
 from gateway.service import Service, Source
@@ -74,16 +74,45 @@ def _relays(
     return relays, close
 
 
+class SourceWatch:
+    """Logs a source's outage as it begins and as it ends, from what each pass of the observer
+    sees (the AMQP client itself logs every reconnection attempt; the logs' `Repeats` filter
+    passes those once a minute). A source not yet connected logs its own retries."""
+
+    def __init__(self) -> None:
+        self._outages: dict[str, Outage] = {}
+        self._connected: set[str] = set()
+
+    def update(self, sources: list[Source]) -> None:
+        for source in sources:
+            name, outage = source.name, self._outages.get(source.name)
+            if source.connected:
+                if outage is not None:
+                    log.info("source %s connected again after %.0f s", name, outage.lasted_s(),
+                             extra={"source": name})
+                    del self._outages[name]
+                self._connected.add(name)
+            elif name in self._connected and outage is None:
+                self._outages[name] = Outage()
+                log.warning("source %s disconnected: nothing is received from it; "
+                            "reconnecting", name, extra={"source": name})
+            elif outage is not None and outage.remind():
+                log.warning("source %s still disconnected after %.0f s", name,
+                            outage.lasted_s(), extra={"source": name})
+
+
 async def _observe(
     service: Service, store: Store, metrics: Metrics, config: cfg.Config, clock: LiveClock,
     every_s: float = 5.0,
 ) -> None:
-    """Gauges from the store and the sources; pairing windows closed on the stream's clock
-    (gateway/clock.py) every minute; retention purged hourly."""
+    """Gauges from the store and the sources; sources' outages logged; pairing windows closed
+    on the stream's clock (gateway/clock.py) every minute; retention purged hourly."""
     loop = asyncio.get_running_loop()
     window_s = int(config.matching.pair_window_hours * 3600)
     next_close = next_purge = loop.time()
+    watch = SourceWatch()
     while True:
+        watch.update(service.sources)
         try:
             await _observe_once(service, store, metrics)
         except Exception:  # a metrics pass must never stop the service
@@ -224,9 +253,17 @@ async def run(
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: a closed terminal
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, _stopping, signum, stop)
             opened.callback(loop.remove_signal_handler, signum)
         await service.run(stop, until_idle)
+    log.info("gateway stopped")
+
+
+def _stopping(signum: signal.Signals, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        log.info("%s: stopping; deciding what was delivered and letting the sinks catch up",
+                 signum.name)
+    stop.set()
 
 
 async def _quietly(close: Callable[[], Awaitable[None]]) -> None:

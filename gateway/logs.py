@@ -6,6 +6,8 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -18,6 +20,12 @@ _STANDARD: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__d
 
 
 QUIET_LIBRARIES: Final = ("aiosqlite", "aiormq", "aio_pika", "aiomqtt", "aiohttp.access")
+# Libraries whose connection troubles repeat every second while a broker is away: aiormq and
+# aio-pika log 3 lines a connection a second (two of them at error level) for a restart the
+# gateway rides out by itself. The gateway logs the outage itself, once as it begins and once
+# as it ends; these repeats pass once a minute, counted.
+REPEATING_LIBRARIES: Final = ("aiormq", "aio_pika", "aiomqtt")
+REPEAT_EVERY_S: Final = 60.0
 
 
 def mask(text: str) -> str:
@@ -40,10 +48,42 @@ class JsonFormatter(logging.Formatter):
         return mask(msgspec.json.encode(entry).decode())
 
 
+class Repeats(logging.Filter):
+    """Lets a library's record through once per `every_s` for each logger, level and message
+    template (the text before its arguments); the next one that passes says, as `repeated`,
+    how many were held back in between."""
+
+    def __init__(self, libraries: tuple[str, ...] = REPEATING_LIBRARIES,
+                 every_s: float = REPEAT_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._prefixes = libraries
+        self._every_s = every_s
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        passed_at, held = self._seen.get(key, (-self._every_s, 0))
+        if now - passed_at < self._every_s:
+            self._seen[key] = (passed_at, held + 1)
+            return False
+        if len(self._seen) >= 1000:  # a bound, should a library put values in its templates
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.repeated = held
+        return True
+
+
 def setup(stream: object = None) -> None:
     level = os.environ.get("AES_GATEWAY_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(Repeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     known = level in logging.getLevelNamesMapping()

@@ -111,6 +111,30 @@ def _log_outcomes(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
             )
 
 
+REMIND_EVERY_S = 600.0  # how often a lasting outage is logged again
+
+
+class Outage:
+    """When a sink or source became unavailable, and how often it was tried since."""
+
+    __slots__ = ("attempts", "reminded_at", "since")
+
+    def __init__(self) -> None:
+        self.since = self.reminded_at = asyncio.get_running_loop().time()
+        self.attempts = 0
+
+    def lasted_s(self) -> float:
+        return asyncio.get_running_loop().time() - self.since
+
+    def remind(self) -> bool:
+        """True once every REMIND_EVERY_S while the outage lasts."""
+        now = asyncio.get_running_loop().time()
+        if now - self.reminded_at < REMIND_EVERY_S:
+            return False
+        self.reminded_at = now
+        return True
+
+
 class Relay:
     """Feeds one sink from one stored feed (the outbox, or the quarantine), in order,
     remembering its progress in the store. A crash between send and mark may repeat rows."""
@@ -181,20 +205,34 @@ class Relay:
 
     async def run(self, poll_s: float = 1.0, max_backoff_s: float = 2.0) -> None:
         """Relay forever: woken after commits, polling now and then, backing off on errors
-        (at most 2 s: a returning sink is fed again within seconds)."""
+        (at most 2 s: a returning sink is fed again within seconds). An outage is logged as
+        it begins (with the error), every `REMIND_EVERY_S` while it lasts, and as it ends."""
         backoff = 0.5
+        outage: Outage | None = None
         while True:
             try:
                 await self.drain()
-                backoff = 0.5
-                self.stalled = False
-            except Exception:  # the sink is down: keep the rows, try again later
+            except Exception as exc:  # the sink is down: keep the rows, try again later
                 self.stalled = True
-                log.warning("sink %s failed; retrying in %.1f s", self.name, backoff,
-                            exc_info=True)
+                if outage is None:
+                    outage = Outage()
+                    log.warning("sink %s failed; retrying every %.1f-%.1f s until it takes "
+                                "the events", self.name, backoff, max_backoff_s, exc_info=True)
+                elif outage.remind():
+                    log.warning("sink %s still failing after %.0f s (%d attempts): %r",
+                                self.name, outage.lasted_s(), outage.attempts, exc)
+                else:
+                    log.debug("sink %s failed again", self.name, exc_info=True)
+                outage.attempts += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff_s)
                 continue
+            backoff = 0.5
+            self.stalled = False
+            if outage is not None:
+                log.info("sink %s takes events again after %.1f s (%d failed attempts)",
+                         self.name, outage.lasted_s(), outage.attempts)
+                outage = None
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), poll_s)

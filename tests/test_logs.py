@@ -61,3 +61,49 @@ def test_an_unknown_log_level_is_said_not_silently_swallowed(
     assert line["level"] == "warning"
     assert "AES_GATEWAY_LOG_LEVEL 'LOUD' is not a level" in line["msg"]
     assert logging.getLogger().level == logging.INFO
+
+
+def test_a_library_repeating_itself_passes_once_a_minute_with_a_count() -> None:
+    """aiormq and aio-pika log each reconnection attempt, about 3 lines a connection a second
+    while a broker is away; before stop 18 a 5-minute outage wrote some 2 700 lines."""
+    now = [0.0]
+    repeats = logs.Repeats(every_s=60, clock=lambda: now[0])
+
+    def record(name: str, msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord(name, level, "x.py", 1, msg, ("arg",), None)
+
+    passed = []
+    for second in range(150):
+        now[0] = float(second)
+        for name in ("aiormq.connection", "aio_pika.robust_connection"):
+            passed += [r for r in [record(name, "error when creating transport: %r")]
+                       if repeats.filter(r)]
+    assert [(r.name, getattr(r, "repeated", 0)) for r in passed] == [
+        ("aiormq.connection", 0), ("aio_pika.robust_connection", 0),
+        ("aiormq.connection", 59), ("aio_pika.robust_connection", 59),
+        ("aiormq.connection", 59), ("aio_pika.robust_connection", 59),
+    ]
+    # another template, another level, and the gateway's own loggers are not held back
+    assert repeats.filter(record("aiormq.connection", "Unexpected connection close %s"))
+    assert repeats.filter(record("aiormq.connection", "error when creating transport: %r",
+                                 logging.WARNING))
+    assert all(repeats.filter(record("aes_gateway.amqp", "cannot connect %s")) for _ in range(5))
+
+
+def test_the_count_of_held_back_lines_is_in_the_json_line() -> None:
+    stream = io.StringIO()
+    logs.setup(stream)
+    handler = logging.getLogger().handlers[0]
+    repeats = next(f for f in handler.filters if isinstance(f, logs.Repeats))
+    repeats._every_s = 0.0  # every line passes; the count of the one before is kept
+    for _ in range(2):
+        logging.getLogger("aiormq.connection").error("error when creating transport: %r", "x")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("repeated") for line in lines] == [None, None]
+    repeats._every_s = 3600.0
+    for _ in range(3):
+        logging.getLogger("aiormq.connection").error("Unexpected close %s", "y")
+    repeats._every_s = 0.0
+    logging.getLogger("aiormq.connection").error("Unexpected close %s", "y")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("repeated") for line in lines[2:]] == [None, 2]

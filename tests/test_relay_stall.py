@@ -8,7 +8,10 @@ for as long as it hung.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
+
+import pytest
 
 from gateway.pipeline import Relay
 from gateway.ports import OutboxRow
@@ -62,3 +65,46 @@ def test_a_hanging_sink_is_stalled_until_it_takes_the_events() -> None:
         return seen
 
     assert asyncio.run(scenario()) == [(False, 0), (True, 0), (False, 25)]
+
+
+class FlakySink:
+    """Fails its first `failures` sends, as a sink whose broker is away."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.taken = 0
+
+    async def send(self, rows: Sequence[OutboxRow]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        self.taken += len(rows)
+
+
+def test_an_outage_of_a_sink_is_logged_as_it_begins_and_as_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before stop 18 each retry logged a warning with a traceback: every 2 s for as long as
+    the sink was down."""
+    async def scenario() -> int:
+        store, sink = OutboxStore(25), FlakySink(failures=6)
+        relay = Relay(store, sink, batch_size=10)  # type: ignore[arg-type]
+        running = asyncio.create_task(relay.run(max_backoff_s=0.01))
+        for _ in range(200):
+            if store.marked == 25:
+                break
+            await asyncio.sleep(0.01)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        return store.marked
+
+    caplog.set_level(logging.DEBUG, logger="aes_gateway.pipeline")
+    assert asyncio.run(scenario()) == 25
+    said = [(r.levelname, r.getMessage().split(";")[0].split(" after")[0])
+            for r in caplog.records if r.name == "aes_gateway.pipeline"]
+    assert said == [("WARNING", "sink flaky failed"), *[("DEBUG", "sink flaky failed again")] * 5,
+                    ("INFO", "sink flaky takes events again")]
+    assert caplog.records[0].exc_info is not None  # the first says why
+    assert "(6 failed attempts)" in caplog.records[-1].getMessage()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import run_cli
+
+DENMARK = ZoneInfo("Europe/Copenhagen")
 
 
 def samples(path: Path) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -104,7 +107,7 @@ def test_migration_report_equals_a_count_over_every_event(
         for first_seen, kommune, first, versions, other_seen in db.execute(
                 "SELECT first_seen, municipality_code, first_version, versions, other_seen"
                 " FROM events"):
-            key = (dt.datetime.fromtimestamp(first_seen, dt.UTC).strftime("%Y-%m"),
+            key = (dt.datetime.fromtimestamp(first_seen, DENMARK).strftime("%Y-%m"),
                    kommune or "unknown")
             cells[key]["first_2_2" if first == "2.2" else "first_3_0"] += 1
             cells[key]["twins" if versions == 3 else
@@ -127,3 +130,27 @@ def test_migration_report_equals_a_count_over_every_event(
             "lag_p50_s": rank(0.5), "lag_p90_s": rank(0.9), "lag_p99_s": rank(0.99)})
     assert len(rows) > 50
     assert rows == expected
+
+
+def test_report_months_are_danish_months() -> None:
+    """Until stop 18 the report's months were UTC months: an event in the first hour or two
+    of a Danish month counted in the month before."""
+    import datetime as dt
+    import sqlite3
+
+    from adapters.sqlite import DANISH_MONTH_SQL
+
+    instants = []
+    for year in range(2000, 2041):
+        for month in range(1, 13):
+            turn = dt.datetime(year, month, 1, tzinfo=DENMARK).timestamp()
+            instants += [int(turn) + delta for delta in range(-3 * 3600, 3 * 3600 + 1, 900)]
+            instants += [int(turn) + 14 * 86400]  # mid-month, in summer and winter time
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (at INTEGER)")
+    db.executemany("INSERT INTO t VALUES (?)", [(t,) for t in instants])
+    months = db.execute(f"SELECT at, {DANISH_MONTH_SQL.format(t='at')} FROM t").fetchall()
+    assert len(months) == 41 * 12 * 26
+    wrong = [(at, month) for at, month in months
+             if month != dt.datetime.fromtimestamp(at, DENMARK).strftime("%Y-%m")]
+    assert wrong == []

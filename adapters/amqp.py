@@ -196,7 +196,12 @@ class AmqpSource:
                     else:
                         await message.nack(multiple=multiple, requeue=True)
                 except (*AMQP_ERRORS, RuntimeError) as exc:
-                    await self._recover("ack" if ack else "nack", exc)
+                    # The channel that delivered these is gone, and with it every delivery
+                    # tag it gave: the broker hands them all back. Said once, not per message.
+                    log.warning("%s of %d deliveries lost (%r); the broker will redeliver them",
+                                "ack" if ack else "nack", len(messages), exc,
+                                extra={"source": self.name})
+                    break
 
     def _plan(
         self, deliveries: Sequence[Delivery]
@@ -211,11 +216,6 @@ class AmqpSource:
             only_these = all(tag in tags for tag in self._outstanding.get(key, ()) if tag <= top)
             plan.append(([newest], True) if only_these else (messages, False))
         return plan
-
-    async def _recover(self, what: str, exc: BaseException) -> None:
-        # The channel that delivered these is gone: the broker hands them back when it notices.
-        log.warning("%s lost (%r); the broker will redeliver", what, exc,
-                    extra={"source": self.name})
 
 
 def consuming(channel: AbstractChannel, consumer_tag: str) -> bool:

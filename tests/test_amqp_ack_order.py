@@ -11,6 +11,9 @@ messages never stored).
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from adapters.amqp import AmqpSource, plain_connector
 from gateway import config as cfg
@@ -95,3 +98,34 @@ def test_deliveries_reach_a_full_intake_in_the_order_they_came() -> None:
             await brokers.delete(topo)
 
     assert asyncio.run(scenario()) == bodies
+
+
+def test_acks_on_a_lost_channel_are_given_up_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Until stop 18 each ack of a batch settled message by message on a channel that had
+    gone logged a warning of its own: up to a batch (500) of them after a broker restart."""
+    async def scenario() -> tuple[int, int]:
+        topo = await brokers.declare()
+        try:
+            await brokers.publish(topo.q22, [b"%02d" % i for i in range(20)])
+            intake: asyncio.Queue[Delivery] = asyncio.Queue()
+            source = await _consume(topo, intake, prefetch=20)
+            deliveries = [await asyncio.wait_for(intake.get(), 10) for _ in range(20)]
+            batch = deliveries[1::2]  # not a prefix: settled message by message
+            assert [multiple for _, multiple in source._plan(batch)] == [False]
+            assert source._channel is not None
+            await source._channel.close()  # the channel is gone before the batch is settled
+            caplog.clear()
+            await source.settle(batch, [])
+            warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            await source.close()
+            await asyncio.sleep(0.3)
+            return len(warned), await brokers.depth(topo.q22)
+        finally:
+            await brokers.delete(topo)
+
+    caplog.set_level(logging.INFO, logger="aes_gateway.amqp")
+    warned, left = asyncio.run(scenario())
+    assert warned == 1
+    assert left == 20, "every delivery of the lost channel is back in the mailbox"

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 import msgspec
 from prometheus_client import CollectorRegistry, write_to_textfile
@@ -130,9 +131,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED: Final = ("interrupted: every message decided so far is stored; run the same "
+                      "command again to go on from there")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logs.setup()
     args = _parser().parse_args(argv)
+    # SIGTERM (a service manager, `kill`) stops a one-shot command as Ctrl-C does: asyncio
+    # cancels it, its store is closed, and it says how to go on. `run` installs its own
+    # graceful stop for both.
+    terminated: list[int] = []
+
+    def terminate(signum: int, _: object) -> None:
+        terminated.append(signum)
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         return int(asyncio.run(_dispatch(args)) or 0)
     except BrokenPipeError:  # `--output - | head`: the reader has had enough, as with any tool
@@ -142,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aes-gateway: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        print(f"aes-gateway: {INTERRUPTED}", file=sys.stderr)
+        return 128 + (terminated[0] if terminated else signal.SIGINT)
 
 
 async def _dispatch(args: argparse.Namespace) -> int:

@@ -112,6 +112,7 @@ def _log_outcomes(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
 
 
 REMIND_EVERY_S = 600.0  # how often a lasting outage is logged again
+FINISH_ON_STOP_S = 2.0  # how long a relay stopped mid-send waits for that send to finish
 
 
 class Outage:
@@ -180,8 +181,20 @@ class Relay:
         # A sink can hang rather than fail (RabbitMQ blocks publishers during a memory or
         # disk alarm): past stall_after_s it counts as stalled, while the send goes on.
         watch = asyncio.get_running_loop().call_later(self.stall_after_s, self._hanging, rows)
+        sending = asyncio.ensure_future(self._send(rows))
         try:
-            await self._send(rows)
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            # Stopped mid-send (Ctrl-C in a replay): a chunk that reaches its sink within
+            # moments is marked, so a stop repeats nothing on the next start. One that hangs
+            # is given up: its rows stay, to be sent again (repeats, never losses).
+            done, _ = await asyncio.wait({sending}, timeout=FINISH_ON_STOP_S)
+            if sending in done and not sending.cancelled() and sending.exception() is None:
+                self.position = rows[-1].seq
+                await self.store.mark_sent(self.name, self.position)
+            else:
+                sending.cancel()
+            raise
         finally:
             watch.cancel()
         self.stalled = False

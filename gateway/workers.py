@@ -69,7 +69,13 @@ def _ready(beskedtypes: tuple[tuple[str, Version], ...], max_bytes: int) -> int:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Worker initializer: a worker must not outlive a gateway killed with SIGKILL."""
+    """Worker initializer: a worker must not outlive a gateway killed with SIGKILL. Ctrl-C
+    and a closed terminal (which reach every process of the command) and a service manager's
+    SIGTERM (every process of the service) are the parent's to act on: it stops the workers
+    when it stops. A worker that took them itself died mid-batch; Ctrl-C's KeyboardInterrupt
+    was then logged as an error with its traceback."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CLI, ROOT, run_cli
+from tests.conftest import CLI, ROOT, read_jsonl, run_cli
 from tests.helpers import push_to_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -196,3 +198,38 @@ def _summary_of(workdir: Path) -> dict[str, Any]:
     run_cli("replay", str(workdir / "in"), "--close-windows", "--output", str(out / "c.jsonl"),
             "--summary", str(out / "summary.json"))
     return dict(json.loads((out / "summary.json").read_text()))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "TERM"])
+def test_an_interrupted_replay_says_how_to_go_on_and_goes_on(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C reaches every process of the command. Until stop 18 the parse worker died of
+    it mid-batch and its KeyboardInterrupt was logged as an error with a traceback; SIGTERM
+    ended the process on the spot, leaking the worker's semaphores, with no word."""
+    run_cli("simulate", str(tmp_path / "in"), "--cases", "1500", "--seed", "5")
+    out, store = tmp_path / "out.jsonl", tmp_path / "s.db"
+    replay = [*CLI, "replay", str(tmp_path / "in"), "--store", str(store), "--output", str(out)]
+    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
+    process = subprocess.Popen(replay, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    for _ in range(600):
+        if out.exists() and out.stat().st_size > 0:
+            break
+        time.sleep(0.01)
+    if signum == signal.SIGINT:
+        os.killpg(process.pid, signum)  # as a terminal does: the whole process group
+    else:
+        process.send_signal(signum)  # as `kill` does: the command's own process
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert stderr.strip() == "aes-gateway: interrupted: every message decided so far is " \
+        "stored; run the same command again to go on from there"
+    first = len(read_jsonl(out))
+    run_cli(*replay[len(CLI):])  # the same command again
+    ids = [event["event_id"] for event in read_jsonl(out)]
+    assert 0 < first < len(ids), "interrupted midway, then finished"
+    assert len(ids) == len(set(ids)), "nothing twice"
+    fresh = tmp_path / "fresh.jsonl"
+    run_cli("replay", str(tmp_path / "in"), "--output", str(fresh))
+    assert sorted(ids) == sorted(event["event_id"] for event in read_jsonl(fresh))

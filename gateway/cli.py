@@ -138,18 +138,22 @@ INTERRUPTED: Final = ("interrupted: every message decided so far is stored; run 
 def main(argv: Sequence[str] | None = None) -> int:
     logs.setup()
     args = _parser().parse_args(argv)
-    # SIGTERM (a service manager, `kill`) stops a one-shot command as Ctrl-C does: asyncio
-    # cancels it, its store is closed, and it says how to go on. `run` installs its own
-    # graceful stop for both.
+    # A command that decides messages into a store (replay, quarantine replay) stops on
+    # SIGTERM (a service manager, `kill`) as on Ctrl-C: asyncio cancels it, its store is
+    # closed, and it says how to go on. `run` installs its own graceful stop for both; the
+    # other commands keep the default, an immediate end.
+    deciding = args.command == "replay" or getattr(args, "action", None) == "replay"
     terminated: list[int] = []
 
     def terminate(signum: int, _: object) -> None:
         terminated.append(signum)
         signal.raise_signal(signal.SIGINT)
 
-    signal.signal(signal.SIGTERM, terminate)
+    if deciding:
+        signal.signal(signal.SIGTERM, terminate)
     try:
-        return int(asyncio.run(_dispatch(args)) or 0)
+        done = _dispatch_at_once(args)  # no event loop: Ctrl-C ends them at once
+        return done if done is not None else int(asyncio.run(_dispatch(args)) or 0)
     except BrokenPipeError:  # `--output - | head`: the reader has had enough, as with any tool
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 128 + signal.SIGPIPE
@@ -157,20 +161,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aes-gateway: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"aes-gateway: {INTERRUPTED}", file=sys.stderr)
+        if deciding:
+            print(f"aes-gateway: {INTERRUPTED}", file=sys.stderr)
         return 128 + (terminated[0] if terminated else signal.SIGINT)
 
 
-async def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch_at_once(args: argparse.Namespace) -> int | None:
+    """The commands with nothing to wait for; None for the others."""
     command: str = args.command
-    if command == "replay":
-        return await _replay(args)
     if command == "schema":
         print(json.dumps(canonical.json_schema(), indent=2))
         return 0
     if command == "simulate":
         _simulate(args.outdir, args.cases, args.seed, args.bad_share)
         return 0
+    if command == "config":
+        loaded = config.load(args.config)
+        print("\n".join(["configuration is valid:", *config.explain(loaded)]))
+        return 0
+    return None
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "replay":
+        return await _replay(args)
     if command == "quarantine":
         return await _quarantine(args)
     if command == "run":
@@ -179,10 +194,6 @@ async def _dispatch(args: argparse.Namespace) -> int:
         loaded = config.load(args.config)
         runtime.freeze_startup_heap()
         await runtime.run(loaded, args.until_idle)
-        return 0
-    if command == "config":
-        loaded = config.load(args.config)
-        print("\n".join(["configuration is valid:", *config.explain(loaded)]))
         return 0
     if command == "report":
         async with await Store.open(_existing(args.store)) as store:

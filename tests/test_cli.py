@@ -233,3 +233,20 @@ def test_an_interrupted_replay_says_how_to_go_on_and_goes_on(
     fresh = tmp_path / "fresh.jsonl"
     run_cli("replay", str(tmp_path / "in"), "--output", str(fresh))
     assert sorted(ids) == sorted(event["event_id"] for event in read_jsonl(fresh))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "TERM"])
+def test_a_command_that_decides_nothing_stops_at_once(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """`simulate` ran inside the event loop: Ctrl-C was held until it had finished (asyncio
+    cancels the main task, which a long computation never gives the chance)."""
+    process = subprocess.Popen([*CLI, "simulate", str(tmp_path / "big"), "--cases", "100000"],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # started, far from done
+    process.send_signal(signum)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - started < 3
+    assert process.returncode in (-signum, 128 + signum)
+    assert "interrupted" not in stderr

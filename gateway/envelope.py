@@ -148,7 +148,7 @@ def _formed_at(text: str | None) -> dt.datetime | None:
         return None
     try:
         return to_utc(dt.datetime.fromisoformat(text))[0]
-    except ValueError:
+    except (ValueError, BadInput):
         return None  # only used as the stream's clock; the receive time stands in
 
 

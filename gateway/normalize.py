@@ -83,11 +83,14 @@ def local_to_utc(local: dt.datetime) -> tuple[dt.datetime, dt.datetime | None]:
     shifted forward by the gap (PEP 495: fold=0 reads a gap time with the offset before it).
     """
     naive = local.replace(tzinfo=None)
-    offset = _steady_offset(naive.date())
-    if offset is not None:  # no change of clocks that day: one offset (zoneinfo: ~3 us a call)
-        return (naive - offset).replace(tzinfo=UTC), None
-    first = naive.replace(tzinfo=DANISH_TIME, fold=0).astimezone(UTC)
-    second = naive.replace(tzinfo=DANISH_TIME, fold=1).astimezone(UTC)
+    try:
+        offset = _steady_offset(naive.date())
+        if offset is not None:  # no change of clocks that day: one offset (zoneinfo: ~3 us)
+            return (naive - offset).replace(tzinfo=UTC), None
+        first = naive.replace(tzinfo=DANISH_TIME, fold=0).astimezone(UTC)
+        second = naive.replace(tzinfo=DANISH_TIME, fold=1).astimezone(UTC)
+    except OverflowError:  # the first or last hours of year 1 or 9999
+        raise _out_of_range(naive) from None
     if first == second:
         return first, None
     round_trip = first.astimezone(DANISH_TIME).replace(tzinfo=None)
@@ -100,6 +103,8 @@ def local_to_utc(local: dt.datetime) -> tuple[dt.datetime, dt.datetime | None]:
 def _steady_offset(day: dt.date) -> dt.timedelta | None:
     """Danish time's UTC offset on a day without a change of clocks; None on a day with one."""
     start = dt.datetime.combine(day, dt.time(), DANISH_TIME).utcoffset()
+    if day == dt.date.max:  # 31 December 9999: no day after it, and no change of clocks
+        return start
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), DANISH_TIME).utcoffset()
     return start if start == end else None
 
@@ -108,7 +113,15 @@ def to_utc(value: dt.datetime) -> tuple[dt.datetime, dt.datetime | None]:
     """Aware times are exact; naive ones are Danish local time (spec: no offset = Danish)."""
     if value.tzinfo is None:
         return local_to_utc(value)
-    return value.astimezone(UTC), None
+    try:
+        return value.astimezone(UTC), None
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-14:00 is in year 10000
+        raise _out_of_range(value) from None
+
+
+def _out_of_range(value: dt.datetime) -> BadInput:
+    return BadInput(Reason.INVALID_TIME, f"time {value.isoformat()[:40]!r} is out of range in "
+                                         "UTC")
 
 
 def parse_xs_datetime(text: str) -> dt.datetime:

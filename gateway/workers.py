@@ -20,6 +20,7 @@ from functools import cache
 
 import msgspec
 
+from gateway import logs
 from gateway.decide import Prepared, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import RawMessage, Version
@@ -76,6 +77,7 @@ def _die_with_parent(parent: int) -> None:
     was then logged as an error with its traceback."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
+    logs.setup()  # a spawned worker starts without the parent's: JSON, CPR masked
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

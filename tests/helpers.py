@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import uuid
 from pathlib import Path
 
@@ -174,3 +175,8 @@ def replayed_store(workdir: Path, body: bytes, *options: str) -> Path:
     run_cli("replay", str(inbox), "--store", str(store), "--output", str(workdir / "o.jsonl"),
             *options)
     return store
+
+
+def log_a_cpr_in_a_worker() -> None:
+    """Run in a parse worker by tests/test_workers.py: what its log lines look like."""
+    logging.getLogger("aes_gateway.decide").error("the parser failed on 1401851234")

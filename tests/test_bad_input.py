@@ -11,7 +11,7 @@ import pytest
 from gateway.correlate import CorrelationState
 from gateway.decide import decide_batch, prepare
 from gateway.envelope import EnvelopeReader
-from gateway.model import Outcome, Reason, Version
+from gateway.model import Envelope, Outcome, Reason, Version
 from gateway.simulate import BAD_INPUT, Simulator, simulate
 from tests import helpers as h
 
@@ -25,11 +25,14 @@ def reason_of(body: bytes) -> Reason | None:
     return results[0].reason
 
 
+KINDS_OF_BAD_INPUT = [reason for reason in Reason if reason is not Reason.PARSER_FAILURE]
+
+
 def test_the_simulator_makes_every_kind_of_bad_input() -> None:
-    assert set(BAD_INPUT) == set(Reason)
+    assert set(BAD_INPUT) == set(KINDS_OF_BAD_INPUT)
 
 
-@pytest.mark.parametrize("reason", list(Reason), ids=lambda r: r.value)
+@pytest.mark.parametrize("reason", KINDS_OF_BAD_INPUT, ids=lambda r: r.value)
 def test_simulated_bad_input_is_quarantined_with_its_reason(reason: Reason) -> None:
     sim: Simulator = simulate(cases=20, seed=3, bad_share=0)
     base = next(e for e in sim.events if e.case.legacy_id and e.case.number)
@@ -67,6 +70,16 @@ EXTERNAL = (
         pytest.param(h.v30_inline(h.v30_xml(cpr="")), Reason.MISSING_ELEMENT, id="no-cpr"),
         pytest.param(h.v30_inline(h.v30_xml(when="1. marts 2022")), Reason.INVALID_TIME,
                      id="bad-tidspunkt"),
+        # in UTC these are in year 10000 and year 0: until stop 18 an OverflowError, which
+        # ended a replay with a traceback and failed a live batch at every redelivery
+        pytest.param(h.v30_inline(h.v30_xml(when="9999-12-31T23:00:00-14:00")),
+                     Reason.INVALID_TIME, id="tidspunkt-after-year-9999-in-utc"),
+        pytest.param(h.v30_inline(h.v30_xml(when="0001-01-01T00:30:00+14:00")),
+                     Reason.INVALID_TIME, id="tidspunkt-before-year-1-in-utc"),
+        pytest.param(h.v30_inline(h.v30_xml(when="0001-01-01T00:30:00")),
+                     Reason.INVALID_TIME, id="danish-tidspunkt-before-year-1-in-utc"),
+        pytest.param(h.v22_inline(h.record(when="000101010030")), Reason.INVALID_TIME,
+                     id="2.2-time-before-year-1-in-utc"),
         pytest.param(h.v30_inline(h.v30_xml(kommune="1101")), Reason.INVALID_MUNICIPALITY,
                      id="4-digit-kommune"),
         pytest.param(h.v30_inline(h.v30_xml(legacy="12X")), Reason.INVALID_CASE_ID,
@@ -215,3 +228,45 @@ def test_a_dannelsestidspunkt_over_an_hour_after_reading_is_read_as_missing(
     assert item.event is not None
     formed = dt.datetime(2022, 3, 1, 9, 17, 3, tzinfo=dt.UTC)
     assert item.event.formed_at == (formed if kept else None)
+
+
+def test_the_last_day_of_year_9999_is_still_a_time() -> None:
+    item = prepare(h.raw(h.v22_inline(h.record(when="999912311200"))), READER)
+    assert item.reason is None
+    assert item.event is not None
+    assert item.event.occurred_at == dt.datetime(9999, 12, 31, 11, 0, tzinfo=dt.UTC)
+
+
+def test_a_formed_time_out_of_range_is_read_as_missing() -> None:
+    body = h.v30_inline(h.v30_xml()).replace(
+        b"2022-03-01T10:17:03</", b"9999-12-31T23:00:00-14:00</")
+    assert b"9999-12-31T23:00:00-14:00" in body
+    item = prepare(h.raw(body), READER)
+    assert item.reason is None
+    assert item.event is not None
+    assert item.event.formed_at is None
+
+
+class BrokenReader(EnvelopeReader):
+    """A parser with a bug: it fails on one message where it should give a reason."""
+
+    def read(self, body: bytes) -> Envelope:
+        if b"BREAK" in body:
+            raise ZeroDivisionError("a bug")
+        return super().read(body)
+
+
+def test_a_failing_parser_quarantines_the_message_and_decides_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A parser bug on one message must not fail its batch: raised, it failed the batch again
+    at every redelivery, and none of the messages behind it was ever decided."""
+    reader = BrokenReader()
+    bodies = [h.v22_inline(h.record()), b"<BREAK/>", h.v30_inline(h.v30_xml())]
+    batch = [prepare(h.raw(body), reader) for body in bodies]
+    results, _ = decide_batch(batch, CorrelationState(), 120)
+    assert [r.outcome for r in results] == [Outcome.EMITTED, Outcome.QUARANTINED,
+                                            Outcome.DUPLICATE]
+    assert results[1].reason is Reason.PARSER_FAILURE
+    assert results[1].detail == "ZeroDivisionError: a bug"
+    assert "a gateway bug" in caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway import canonical
@@ -91,3 +91,24 @@ def test_reason_values_are_stable_metric_labels() -> None:
 def test_event_ids_are_exactly_uuid5_of_the_identity(identity: str) -> None:
     # event ids are stored downstream: the fast path must never give another id
     assert canonical.event_id(identity) == str(uuid.uuid5(canonical.EVENT_ID_NAMESPACE, identity))
+
+
+OFFSETS = st.one_of(st.none(), st.integers(-14 * 60, 14 * 60).map(
+    lambda minutes: dt.timezone(dt.timedelta(minutes=minutes))))
+
+
+@given(st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59)),
+       OFFSETS)
+@example(dt.datetime(9999, 12, 31, 23, 0), dt.timezone(-dt.timedelta(hours=14)))
+@example(dt.datetime(1, 1, 1, 0, 30), dt.timezone(dt.timedelta(hours=14)))
+@example(dt.datetime(1, 1, 1, 0, 30), None)
+def test_any_time_in_either_version_is_an_event_or_invalid_time(
+    when: dt.datetime, offset: dt.tzinfo | None
+) -> None:
+    """From year 1 to 9999, with any offset or none: until stop 18 the times whose UTC falls
+    outside those years raised OverflowError."""
+    text = when.replace(tzinfo=offset, microsecond=0).isoformat()
+    compact = when.strftime("%Y%m%d%H%M").rjust(12, "0")
+    for body in (h.v30_inline(h.v30_xml(when=text)), h.v22_inline(h.record(when=compact))):
+        item = prepare(h.raw(body), READER)
+        assert item.reason in (None, Reason.INVALID_TIME), item.detail

@@ -4,6 +4,7 @@ batches it parses."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -20,7 +21,7 @@ from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
 from gateway.formats import DEFAULT_BESKEDTYPES
 from gateway.model import RawMessage
 from gateway.pipeline import Pipeline
-from gateway.workers import ParsePool, pack, unpack
+from gateway.workers import ParsePool, pack, unpack, worker_pool
 from tests import helpers as h
 
 
@@ -139,3 +140,16 @@ def test_when_the_worker_dies_its_batch_goes_back_and_the_loop_parses_the_next(
     assert asyncio.run(scenario()) == (False, False)
     assert settler.failed == first, "handed back to the source, to come again"
     assert settler.settled == second, "parsed in the event loop and committed"
+
+
+def test_a_worker_logs_json_with_cpr_masked(capfd: pytest.CaptureFixture[str]) -> None:
+    """A spawned worker starts without the parent's logging: until stop 18 a line it logged
+    (a parser failure's, with its traceback) came out as plain text, CPR unmasked."""
+    pool = worker_pool(1)
+    try:
+        pool.submit(h.log_a_cpr_in_a_worker).result(timeout=60)
+    finally:
+        pool.shutdown()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert [(line["level"], line["msg"]) for line in lines] == [
+        ("error", "the parser failed on 140185-****")]

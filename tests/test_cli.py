@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -250,3 +251,4 @@ def test_a_command_that_decides_nothing_stops_at_once(
     assert time.monotonic() - started < 3
     assert process.returncode in (-signum, 128 + signum)
     assert "interrupted" not in stderr
+    shutil.rmtree(tmp_path / "big", ignore_errors=True)  # whatever it wrote before the stop

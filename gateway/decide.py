@@ -61,32 +61,33 @@ class Result(msgspec.Struct, gc=False):
 
 def prepare(raw: RawMessage, reader: EnvelopeReader) -> Prepared:
     """Never raises for any input: bad input becomes a reason. So does a failure of the parser
-    itself (`parser_failure`, logged with its traceback): raised, it would fail the whole batch
+    itself (`internal_error`, logged with its traceback): raised, it would fail the whole batch
     again at every redelivery, and no message behind it would ever be decided."""
     try:
         envelope = reader.read(raw.body)
     except BadInput as bad:
         return Prepared(raw, message_key(raw.body), None, None, bad.reason, bad.detail)
     except Exception as exc:
-        return _parser_failure(raw, message_key(raw.body), None, exc)
+        return internal_error(raw, message_key(raw.body), None, "parsing", exc)
     try:
         event = parse_event(envelope)
     except BadInput as bad:
         return Prepared(raw, envelope.message_id, envelope.version, None, bad.reason, bad.detail)
     except Exception as exc:
-        return _parser_failure(raw, envelope.message_id, envelope.version, exc)
+        return internal_error(raw, envelope.message_id, envelope.version, "parsing", exc)
     if event.formed_at is not None and event.formed_at > raw.received_at + MAX_FORMED_AHEAD:
         event = msgspec.structs.replace(event, formed_at=None)  # as if it had none
     return Prepared(raw, envelope.message_id, envelope.version, event)
 
 
-def _parser_failure(
-    raw: RawMessage, key: str, version: Version | None, exc: Exception
+def internal_error(
+    raw: RawMessage, key: str, version: Version | None, doing: str, exc: Exception
 ) -> Prepared:
-    log.error("the parser failed on a message; quarantined as parser_failure (a gateway bug: "
-              "please report it)", exc_info=exc, extra={"message_key": key})
-    detail = f"{type(exc).__name__}: {str(exc)[:160]}"
-    return Prepared(raw, key, version, None, Reason.PARSER_FAILURE, detail)
+    """The message as quarantined for a failure of the gateway's own (`doing` it)."""
+    log.error("%s a message failed; quarantined as internal_error (a gateway bug: please "
+              "report it)", doing, exc_info=exc, extra={"message_key": key})
+    detail = f"{doing}: {type(exc).__name__}: {str(exc)[:160]}"
+    return Prepared(raw, key, version, None, Reason.INTERNAL_ERROR, detail)
 
 
 class BatchKeys(msgspec.Struct):

@@ -49,10 +49,10 @@ class Reason(enum.StrEnum):
     INVALID_CASE_ID = "invalid_case_id"
     INVALID_VALUE = "invalid_value"
     ENVELOPE_PAYLOAD_MISMATCH = "envelope_payload_mismatch"
-    # Not a kind of bad input: the parser failed where it should have given a reason (a bug
-    # in the gateway). The message is kept, so `quarantine replay` decides it after a fix,
-    # and it cannot hold up the messages behind it.
-    PARSER_FAILURE = "parser_failure"
+    # Not a kind of bad input: parsing or deciding the message failed where it should have
+    # given an outcome (a bug in the gateway). The message is kept, so `quarantine replay`
+    # decides it after a fix, and it cannot hold up the messages behind it.
+    INTERNAL_ERROR = "internal_error"
 
 
 class BadInput(Exception):

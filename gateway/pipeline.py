@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway.correlate import DEFAULT_TOLERANCE_S
-from gateway.decide import Prepared, Result, batch_keys, decide_batch, prepare
+from gateway.decide import Prepared, Result, batch_keys, decide_batch, internal_error, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Outcome
 from gateway.ports import Delivery, Settler, Sink, Store
@@ -63,8 +63,12 @@ class Pipeline:
         """Decide and commit a prepared batch, then settle its deliveries (if it has any)."""
         try:
             state = await self.store.load_state(batch_keys(batch))
-            results, effects = decide_batch(batch, state, self.tolerance_s)
-            await self.store.commit(batch, results, effects)
+            try:
+                results, effects = decide_batch(batch, state, self.tolerance_s)
+            except Exception:  # a bug in deciding: see _one_at_a_time
+                batch, results = await self._one_at_a_time(batch, deliveries)
+            else:
+                await self.store.commit(batch, results, effects)
         except Exception:
             await _fail(deliveries)
             raise
@@ -77,6 +81,34 @@ class Pipeline:
             hook(batch, results)
         _log_outcomes(batch, results)
         return results
+
+
+    async def _one_at_a_time(
+        self, batch: Sequence[Prepared], deliveries: Sequence[Delivery]
+    ) -> tuple[list[Prepared], list[Result]]:
+        """The batch decided again, a message at a time, each committed on its own, after
+        deciding it as a whole failed (a bug in the correlation). Raised, that failure would
+        fail the batch again at every redelivery, and no message behind it would ever be
+        decided. A message that fails on its own is quarantined as `internal_error`."""
+        log.error("deciding a batch of %d messages failed; deciding them one at a time",
+                  len(batch), exc_info=True)
+        # A parsed message crossed from the parse worker without its body: the delivery has it.
+        raws = [d.raw for d in deliveries] if deliveries else [item.raw for item in batch]
+        decided: list[Prepared] = []
+        results: list[Result] = []
+        for item, raw in zip(batch, raws, strict=True):
+            single = [item]
+            state = await self.store.load_state(batch_keys(single))
+            try:
+                found, effects = decide_batch(single, state, self.tolerance_s)
+            except Exception as exc:
+                single = [internal_error(raw, item.key, item.version, "deciding", exc)]
+                state = await self.store.load_state(batch_keys(single))  # not half-changed
+                found, effects = decide_batch(single, state, self.tolerance_s)
+            await self.store.commit(single, found, effects)
+            decided += single
+            results += found
+        return decided, results
 
 
 async def _fail(deliveries: Sequence[Delivery]) -> None:

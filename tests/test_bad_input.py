@@ -25,7 +25,7 @@ def reason_of(body: bytes) -> Reason | None:
     return results[0].reason
 
 
-KINDS_OF_BAD_INPUT = [reason for reason in Reason if reason is not Reason.PARSER_FAILURE]
+KINDS_OF_BAD_INPUT = [reason for reason in Reason if reason is not Reason.INTERNAL_ERROR]
 
 
 def test_the_simulator_makes_every_kind_of_bad_input() -> None:
@@ -267,6 +267,6 @@ def test_a_failing_parser_quarantines_the_message_and_decides_the_rest(
     results, _ = decide_batch(batch, CorrelationState(), 120)
     assert [r.outcome for r in results] == [Outcome.EMITTED, Outcome.QUARANTINED,
                                             Outcome.DUPLICATE]
-    assert results[1].reason is Reason.PARSER_FAILURE
-    assert results[1].detail == "ZeroDivisionError: a bug"
+    assert results[1].reason is Reason.INTERNAL_ERROR
+    assert results[1].detail == "parsing: ZeroDivisionError: a bug"
     assert "a gateway bug" in caplog.text

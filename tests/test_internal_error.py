@@ -1,0 +1,103 @@
+"""A bug in deciding one message must not hold up the others.
+
+Until stop 18 an exception while deciding a batch failed the whole batch; live, its messages
+went back to the broker and came again, failed again, and no message behind them was ever
+decided (and `/readyz` said the store could not write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from adapters.sqlite import Store
+from gateway import pipeline as pipeline_module
+from gateway.correlate import CorrelationState, Effects
+from gateway.decide import Prepared, Result, decide_batch, prepare
+from gateway.envelope import EnvelopeReader
+from gateway.model import Outcome, Reason
+from gateway.pipeline import Pipeline
+from tests import helpers as h
+
+BUG = "AES-2022-0009999"  # a case number the correlation (with a bug) cannot take
+
+
+def buggy(batch: Sequence[Prepared], state: CorrelationState,
+          tolerance_s: int) -> tuple[list[Result], Effects]:
+    """decide_batch with a bug: it fails on any batch holding one particular message."""
+    if any(p.event is not None and p.event.case_number == BUG for p in batch):
+        raise KeyError("the bug")
+    return decide_batch(batch, state, tolerance_s)
+
+
+BODIES = [
+    h.v22_inline(h.record(sagsid="0000001001")),
+    h.v30_inline(h.v30_xml(number=BUG, legacy=None, cpr="0102031234", ref=str(uuid.uuid4())),
+                 envelope_cpr="0102031234"),
+    h.v30_inline(h.v30_xml(number="AES-2022-0000002", legacy="1002", ref=str(uuid.uuid4()))),
+    h.v22_inline(h.record(sagsid="0000001001")),  # a resend of the first
+]
+
+
+async def decided(store_path: Path) -> tuple[list[Result], bytes]:
+    reader = EnvelopeReader()
+    batch = [prepare(h.raw(body), reader) for body in BODIES]
+    async with await Store.open(store_path) as store:
+        results = await Pipeline(store).commit(batch)
+        quarantined = await store.quarantine_after(0, 10)
+    return results, quarantined[0].body if quarantined else b""
+
+
+def test_the_message_deciding_fails_on_is_quarantined_and_the_rest_decided(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    healthy, _ = asyncio.run(decided(tmp_path / "healthy.db"))
+    monkeypatch.setattr(pipeline_module, "decide_batch", buggy)
+    results, kept = asyncio.run(decided(tmp_path / "buggy.db"))
+
+    assert [r.outcome for r in results] == [Outcome.EMITTED, Outcome.QUARANTINED,
+                                            Outcome.EMITTED, Outcome.DUPLICATE]
+    assert results[1].reason is Reason.INTERNAL_ERROR
+    assert results[1].detail == "deciding: KeyError: 'the bug'"
+    assert kept == BODIES[1], "kept whole, for quarantine replay after a fix"
+    others = [(r.outcome, r.event_id, r.duplicate_kind) for i, r in enumerate(results) if i != 1]
+    assert others == [(r.outcome, r.event_id, r.duplicate_kind)
+                      for i, r in enumerate(healthy) if i != 1]
+    assert "deciding them one at a time" in caplog.text
+
+
+def test_live_the_batch_is_settled_and_the_body_kept_though_the_worker_sent_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parsed message crosses from the parse worker without its body; the quarantine takes
+    it from the delivery. Every delivery is settled (acked), none handed back."""
+    from gateway.envelope import DEFAULT_MAX_BYTES
+    from gateway.formats import DEFAULT_BESKEDTYPES
+    from gateway.workers import ParsePool
+    from tests.test_workers import Handed, RecordingSettler, until_ready
+
+    monkeypatch.setattr(pipeline_module, "decide_batch", buggy)
+    settler = RecordingSettler()
+    deliveries = [Handed(h.raw(body), settler) for body in BODIES]
+
+    async def scenario() -> tuple[list[Result], bytes]:
+        pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=1)
+        store = await Store.open(tmp_path / "g.db")
+        try:
+            pool.start()
+            await until_ready(pool)
+            results = await Pipeline(store, parse_pool=pool).process(
+                deliveries)  # type: ignore[arg-type]
+            return results, (await store.quarantine_after(0, 10))[0].body
+        finally:
+            pool.close()
+            await store.close()
+
+    results, kept = asyncio.run(scenario())
+    assert [r.reason for r in results] == [None, Reason.INTERNAL_ERROR, None, None]
+    assert kept == BODIES[1]
+    assert (len(settler.settled), settler.failed) == (4, [])

@@ -221,18 +221,31 @@ def _write_json(target: str, data: object) -> None:
 
 
 class _ProgressBar:
+    """A bar on the last line of a terminal; log lines (a quarantined message's) scroll past
+    above it instead of running into it."""
+
     def __init__(self, total: int) -> None:
         self.total = max(total, 1)
+        self.done = 0
         self.enabled = sys.stderr.isatty()
+        self._handler = logs.handler() if self.enabled else None
+        if self._handler is not None:
+            self._handler.status = self.line
+
+    def line(self) -> str:
+        width = 40
+        filled = width * self.done // self.total
+        return f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
 
     def __call__(self, done: int) -> None:
+        self.done = done
         if self.enabled:
-            width = 40
-            filled = width * done // self.total
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}")
+            sys.stderr.write(self.line())
             sys.stderr.flush()
 
     def close(self) -> None:
+        if self._handler is not None:
+            self._handler.status = None
         if self.enabled:
             sys.stderr.write("\n")
 

@@ -79,13 +79,35 @@ class Repeats(logging.Filter):
         return True
 
 
+class Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The JSON lines, with room for a status line kept at the bottom of a terminal (replay's
+    progress bar): while `status` is set, each record clears that line first and draws it
+    again after itself, so the two do not run into each other."""
+
+    status: Callable[[], str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.status is None:
+            super().emit(record)
+            return
+        self.stream.write("\r\x1b[2K")  # back to the line's start, the line erased
+        super().emit(record)
+        self.stream.write(self.status())
+        self.flush()
+
+
+def handler() -> Handler | None:
+    """The handler `setup` installed, if it did."""
+    return next((h for h in logging.getLogger().handlers if isinstance(h, Handler)), None)
+
+
 def setup(stream: object = None) -> None:
     level = os.environ.get("AES_GATEWAY_LOG_LEVEL", "INFO").upper()
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    handler.setFormatter(JsonFormatter())
-    handler.addFilter(Repeats())
+    out = Handler(stream or sys.stderr)
+    out.setFormatter(JsonFormatter())
+    out.addFilter(Repeats())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [out]
     known = level in logging.getLevelNamesMapping()
     root.setLevel(level if known else "INFO")
     if not known:

@@ -6,12 +6,14 @@ import io
 import json
 import logging
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway import logs
-from tests.conftest import run_cli
+from tests.conftest import CLI, ROOT, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -107,3 +109,38 @@ def test_the_count_of_held_back_lines_is_in_the_json_line() -> None:
     logging.getLogger("aiormq.connection").error("Unexpected close %s", "y")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line.get("repeated") for line in lines[2:]] == [None, 2]
+
+
+def test_a_status_line_stays_below_the_log_lines() -> None:
+    """replay's progress bar on a terminal: until stop 18 each quarantined message's line was
+    written into the middle of the bar, and the bar was lost among them."""
+    stream = io.StringIO()
+    logs.setup(stream)
+    handler = logs.handler()
+    assert handler is not None
+    handler.status = lambda: "\r[####....] 4/8"
+    logging.getLogger("aes_gateway.pipeline").warning("message quarantined")
+    handler.status = None
+    logging.getLogger("aes_gateway.pipeline").warning("after the bar")
+    first, rest = stream.getvalue().split("\n", 1)
+    assert first.startswith("\r\x1b[2K{")
+    assert json.loads(first[len("\r\x1b[2K"):])["msg"] == "message quarantined"
+    assert rest.startswith("\r[####....] 4/8{")
+    assert json.loads(rest[len("\r[####....] 4/8"):].strip())["msg"] == "after the bar"
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
+def test_replay_on_a_terminal_keeps_its_bar_whole(tmp_path: Path) -> None:
+    run_cli("simulate", str(tmp_path / "in"), "--cases", "200", "--seed", "4")
+    command = (f"{CLI[0]} -m gateway.cli replay {tmp_path / 'in'} --output /dev/null")
+    shown = subprocess.run(["script", "-qc", command, "/dev/null"], capture_output=True,
+                           cwd=ROOT, timeout=120, check=True).stdout.decode()  # \r kept
+    pieces = shown.replace("\r\n", "\n").replace("\r\x1b[2K", "\r").split("\r")
+    lines = [p for p in pieces if p.strip()]
+    assert any('"message quarantined"' in p for p in lines)
+    # each piece is either a whole bar or whole log lines: none is a bar with a log line in it
+    for piece in lines:
+        is_bar = piece.startswith("[") and "/" in piece
+        assert is_bar != piece.lstrip().startswith("{"), repr(piece[:120])
+        if is_bar:
+            assert re.fullmatch(r"\[[#.]{40}\] \d+/\d+\n?", piece), repr(piece[:120])

@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
 
 INTERRUPTED: Final = ("interrupted: every message decided so far is stored; run the same "
                       "command again to go on from there")
+INTERRUPTED_TEMPORARY: Final = ("interrupted: without --store the store was a temporary one, "
+                                "now gone; give --store PATH to be able to go on after a stop")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         if deciding:
-            print(f"aes-gateway: {INTERRUPTED}", file=sys.stderr)
+            temporary = args.command == "replay" and args.store is None
+            print(f"aes-gateway: {INTERRUPTED_TEMPORARY if temporary else INTERRUPTED}",
+                  file=sys.stderr)
         return 128 + (terminated[0] if terminated else signal.SIGINT)
 
 

@@ -252,3 +252,22 @@ def test_a_command_that_decides_nothing_stops_at_once(
     assert process.returncode in (-signum, 128 + signum)
     assert "interrupted" not in stderr
     shutil.rmtree(tmp_path / "big", ignore_errors=True)  # whatever it wrote before the stop
+
+
+def test_an_interrupted_replay_without_a_store_says_there_is_nothing_to_go_on_from(
+    tmp_path: Path,
+) -> None:
+    """Its temporary store is gone with it: 'run the same command again to go on' was wrong."""
+    run_cli("simulate", str(tmp_path / "in"), "--cases", "1500", "--seed", "5")
+    out = tmp_path / "out.jsonl"
+    process = subprocess.Popen([*CLI, "replay", str(tmp_path / "in"), "--output", str(out)],
+                               cwd=ROOT, env={**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"},
+                               stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if out.exists() and out.stat().st_size > 0:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "without --store the store was a temporary one" in stderr

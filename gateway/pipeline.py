@@ -82,7 +82,6 @@ class Pipeline:
         _log_outcomes(batch, results)
         return results
 
-
     async def _one_at_a_time(
         self, batch: Sequence[Prepared], deliveries: Sequence[Delivery]
     ) -> tuple[list[Prepared], list[Result]]:

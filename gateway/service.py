@@ -158,7 +158,13 @@ class Service:
 
     async def _process(self, batch: list[Delivery]) -> None:
         try:
-            await self.pipeline.process(batch)
+            prepared = await self.pipeline.parse(batch)
+        except Exception:  # the parse worker died: handed back; the loop parses from now on
+            log.warning("parsing a batch failed; the sources get the messages back",
+                        exc_info=True)
+            return
+        try:
+            await self.pipeline.commit(prepared, batch)
         except Exception:  # the store cannot write: nothing was acknowledged
             self.store_ok = False
             log.exception("batch not committed; the sources get the messages back")

@@ -21,6 +21,7 @@ from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
 from gateway.formats import DEFAULT_BESKEDTYPES
 from gateway.model import RawMessage
 from gateway.pipeline import Pipeline
+from gateway.ports import Delivery
 from gateway.workers import ParsePool, pack, unpack, worker_pool
 from tests import helpers as h
 
@@ -153,3 +154,45 @@ def test_a_worker_logs_json_with_cpr_masked(capfd: pytest.CaptureFixture[str]) -
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
     assert [(line["level"], line["msg"]) for line in lines] == [
         ("error", "the parser failed on 140185-****")]
+
+
+def test_a_dead_worker_does_not_make_the_store_look_unwritable(tmp_path: Path) -> None:
+    """Until stop 18 any failed batch set the service's `store_ok` to false, so `/readyz` and
+    `aes_gateway_store_writable` blamed the store when a parse worker had died."""
+    from gateway.service import Service
+
+    settler = RecordingSettler()
+
+    async def scenario() -> tuple[bool, bool, int, int]:
+        pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=1)
+        store = await Store.open(tmp_path / "g.db")
+        intake: asyncio.Queue[Delivery] = asyncio.Queue()
+        try:
+            pool.start()
+            await until_ready(pool)
+            os.kill(pool.worker_pids[0], signal.SIGKILL)
+            service = Service(Pipeline(store, parse_pool=pool), intake, [], [])
+            stop = asyncio.Event()
+            running = asyncio.create_task(service.run(stop))
+            for _ in range(3):
+                intake.put_nowait(Handed(h.raw(h.v30_inline(h.v30_xml(  # type: ignore[arg-type]
+                    ref=str(uuid.uuid4())))), settler))
+            for _ in range(100):
+                if settler.failed:
+                    break
+                await asyncio.sleep(0.02)
+            after_death = service.store_ok
+            intake.put_nowait(Handed(h.raw(h.v30_inline(h.v30_xml(  # type: ignore[arg-type]
+                ref=str(uuid.uuid4())))), settler))
+            for _ in range(100):
+                if settler.settled:
+                    break
+                await asyncio.sleep(0.02)
+            stop.set()
+            await running
+            return after_death, service.store_ok, len(settler.failed), len(settler.settled)
+        finally:
+            pool.close()
+            await store.close()
+
+    assert asyncio.run(scenario()) == (True, True, 3, 1)

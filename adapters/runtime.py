@@ -101,9 +101,13 @@ class SourceWatch:
                             outage.lasted_s(), extra={"source": name})
 
 
+OBSERVE_EVERY_S = 5.0  # gauges refreshed, sources' outages seen
+PURGE_EVERY_S = 3600.0  # the retention purge
+PURGE_RETRY_S = 300.0  # a failed purge tried again: soon, but not at every pass (the log)
+
+
 async def _observe(
     service: Service, store: Store, metrics: Metrics, config: cfg.Config, clock: LiveClock,
-    every_s: float = 5.0,
 ) -> None:
     """Gauges from the store and the sources; sources' outages logged; pairing windows closed
     on the stream's clock (gateway/clock.py) every minute; retention purged hourly."""
@@ -131,12 +135,12 @@ async def _observe(
                 deleted = await store.purge(config.store.retention_days,
                                             config.store.quarantine_retention_days)
                 log.info("retention purge", extra=deleted)
-                next_purge = loop.time() + 3600
+                next_purge = loop.time() + PURGE_EVERY_S
             except Exception:
                 log.warning("retention purge failed; retried in 5 minutes", exc_info=True)
                 metrics.purge_failures.inc()
-                next_purge = loop.time() + 300
-        await asyncio.sleep(every_s)
+                next_purge = loop.time() + PURGE_RETRY_S
+        await asyncio.sleep(OBSERVE_EVERY_S)
 
 
 async def _observe_once(service: Service, store: Store, metrics: Metrics) -> None:

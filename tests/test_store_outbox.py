@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -336,3 +338,42 @@ def test_a_failing_retention_purge_is_logged_as_a_warning(
     assert failed.levelname == "WARNING"
     assert failed.exc_info is not None
     assert "disk is full" in str(failed.exc_info[1])
+
+
+@pytest.mark.parametrize(("fails", "tries"), [(True, range(3, 7)), (False, range(1, 2))],
+                         ids=["failing", "working"])
+def test_a_failed_purge_is_tried_again_after_the_retry_pause_not_at_every_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool, tries: range,
+) -> None:
+    """The README's "retried in 5 minutes", at a scale a test can wait for: passes every
+    0.05 s, a retry pause of 0.3 s, a purge every hour. In 1.2 s a failing purge is tried 4-5
+    times (not at each of 24 passes); a working one once."""
+    from adapters import runtime
+    from adapters.runtime import run
+    from gateway import config as cfg
+    from tests.helpers import push_to_jsonl
+
+    attempts: list[float] = []
+    purge = Store.purge
+
+    async def counted(self: Store, *args: Any, **kwargs: Any) -> dict[str, int]:
+        attempts.append(asyncio.get_running_loop().time())
+        if fails:
+            raise sqlite3.OperationalError("database or disk is full")
+        return await purge(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "purge", counted)
+    monkeypatch.setattr(runtime, "OBSERVE_EVERY_S", 0.05)
+    monkeypatch.setattr(runtime, "PURGE_RETRY_S", 0.3)
+    config = cfg.parse(push_to_jsonl(tmp_path, 0) + '[http]\nlisten = "127.0.0.1:0"\n')
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        service = asyncio.create_task(run(config, stop=stop))
+        await asyncio.sleep(1.2)
+        stop.set()
+        await service
+
+    asyncio.run(scenario())
+    assert len(attempts) in tries, attempts
+    assert all(b - a >= 0.29 for a, b in itertools.pairwise(attempts))

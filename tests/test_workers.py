@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -110,16 +110,24 @@ class Handed:
         self.settler = settler
 
 
+def handed(settler: RecordingSettler) -> Handed:
+    """A delivery of a 3.0 message of its own."""
+    return Handed(h.raw(h.v30_inline(h.v30_xml(ref=str(uuid.uuid4())))), settler)
+
+
+async def until(condition: Callable[[], object], seconds: float = 2.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+
+
 def test_when_the_worker_dies_its_batch_goes_back_and_the_loop_parses_the_next(
     tmp_path: Path,
 ) -> None:
     settler = RecordingSettler()
 
-    def batch() -> list[Handed]:
-        return [Handed(h.raw(h.v30_inline(h.v30_xml(ref=str(uuid.uuid4())))), settler)
-                for _ in range(3)]
-
-    first, second = batch(), batch()
+    first, second = [handed(settler) for _ in range(3)], [handed(settler) for _ in range(3)]
 
     async def scenario() -> tuple[bool, bool]:
         pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=1)
@@ -175,19 +183,11 @@ def test_a_dead_worker_does_not_make_the_store_look_unwritable(tmp_path: Path) -
             stop = asyncio.Event()
             running = asyncio.create_task(service.run(stop))
             for _ in range(3):
-                intake.put_nowait(Handed(h.raw(h.v30_inline(h.v30_xml(  # type: ignore[arg-type]
-                    ref=str(uuid.uuid4())))), settler))
-            for _ in range(100):
-                if settler.failed:
-                    break
-                await asyncio.sleep(0.02)
+                intake.put_nowait(handed(settler))  # type: ignore[arg-type]
+            await until(lambda: settler.failed)
             after_death = service.store_ok
-            intake.put_nowait(Handed(h.raw(h.v30_inline(h.v30_xml(  # type: ignore[arg-type]
-                ref=str(uuid.uuid4())))), settler))
-            for _ in range(100):
-                if settler.settled:
-                    break
-                await asyncio.sleep(0.02)
+            intake.put_nowait(handed(settler))  # type: ignore[arg-type]
+            await until(lambda: settler.settled)
             stop.set()
             await running
             return after_death, service.store_ok, len(settler.failed), len(settler.settled)

@@ -22,10 +22,10 @@ from gateway import config as cfg
 from gateway.clock import LiveClock
 from gateway.envelope import EnvelopeReader
 from gateway.metrics import Metrics
-from gateway.pipeline import Outage, Pipeline, Relay
+from gateway.pipeline import Pipeline, Relay
 from gateway.ports import Delivery, Sink
 from gateway.privacy import CprFilter
-from gateway.service import Service, Source
+from gateway.service import Service, Source, SourceWatch
 from gateway.workers import ParsePool
 
 log = logging.getLogger("aes_gateway.runtime")
@@ -72,33 +72,6 @@ def _relays(
         relays.append(Relay(store, amqp, window, name=f"{amqp.name}:quarantine",
                             fetch=store.quarantine_after, send=send, feed="quarantine"))
     return relays, close
-
-
-class SourceWatch:
-    """Logs a source's outage as it begins and as it ends, from what each pass of the observer
-    sees (the AMQP client itself logs every reconnection attempt; the logs' `Repeats` filter
-    passes those once a minute). A source not yet connected logs its own retries."""
-
-    def __init__(self) -> None:
-        self._outages: dict[str, Outage] = {}
-        self._connected: set[str] = set()
-
-    def update(self, sources: list[Source]) -> None:
-        for source in sources:
-            name, outage = source.name, self._outages.get(source.name)
-            if source.connected:
-                if outage is not None:
-                    log.info("source %s connected again after %.0f s", name, outage.lasted_s(),
-                             extra={"source": name})
-                    del self._outages[name]
-                self._connected.add(name)
-            elif name in self._connected and outage is None:
-                self._outages[name] = Outage()
-                log.warning("source %s disconnected: nothing is received from it; "
-                            "reconnecting", name, extra={"source": name})
-            elif outage is not None and outage.remind():
-                log.warning("source %s still disconnected after %.0f s", name,
-                            outage.lasted_s(), extra={"source": name})
 
 
 OBSERVE_EVERY_S = 5.0  # gauges refreshed, sources' outages seen

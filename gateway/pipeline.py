@@ -221,17 +221,19 @@ class Relay:
             # is given up: its rows stay, to be sent again (repeats, never losses).
             done, _ = await asyncio.wait({sending}, timeout=FINISH_ON_STOP_S)
             if sending in done and not sending.cancelled() and sending.exception() is None:
-                self.position = rows[-1].seq
-                await self.store.mark_sent(self.name, self.position)
+                await self._mark(rows)
             else:
                 sending.cancel()
             raise
         finally:
             watch.cancel()
         self.stalled = False
+        await self._mark(rows)
+        return len(rows)
+
+    async def _mark(self, rows: Sequence[Any]) -> None:
         self.position = rows[-1].seq
         await self.store.mark_sent(self.name, self.position)
-        return len(rows)
 
     def _hanging(self, rows: Sequence[Any]) -> None:
         self.stalled = True

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from gateway.pipeline import Pipeline, Relay
+from gateway.pipeline import Outage, Pipeline, Relay
 from gateway.ports import Delivery
 
 log = logging.getLogger("aes_gateway.service")
@@ -27,6 +27,33 @@ class Source(Protocol):
     async def stop_consuming(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class SourceWatch:
+    """Logs a source's outage as it begins and as it ends, from what each pass of the observer
+    sees (the AMQP client itself logs every reconnection attempt; the logs' `Repeats` filter
+    passes those once a minute). A source not yet connected logs its own retries."""
+
+    def __init__(self) -> None:
+        self._outages: dict[str, Outage] = {}
+        self._connected: set[str] = set()
+
+    def update(self, sources: Sequence[Source]) -> None:
+        for source in sources:
+            name, outage = source.name, self._outages.get(source.name)
+            if source.connected:
+                if outage is not None:
+                    log.info("source %s connected again after %.0f s", name, outage.lasted_s(),
+                             extra={"source": name})
+                    del self._outages[name]
+                self._connected.add(name)
+            elif name in self._connected and outage is None:
+                self._outages[name] = Outage()
+                log.warning("source %s disconnected: nothing is received from it; "
+                            "reconnecting", name, extra={"source": name})
+            elif outage is not None and outage.remind():
+                log.warning("source %s still disconnected after %.0f s", name,
+                            outage.lasted_s(), extra={"source": name})
 
 
 class Service:

@@ -145,3 +145,45 @@ def test_a_relay_stopped_mid_send_marks_a_chunk_that_arrives_and_gives_up_one_th
     marked_at, taken, waited = asyncio.run(scenario())
     assert (marked_at, taken) == (marked, marked)
     assert waited < 2.5  # a hanging sink holds a stop up for at most FINISH_ON_STOP_S (2 s)
+
+
+class Flapping:
+    """A source whose connection the test turns on and off."""
+
+    def __init__(self) -> None:
+        self.name = "amqp:mailbox"
+        self.connected = False
+
+
+def test_an_outage_is_logged_again_every_remind_interval_while_it_lasts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README's "every 10 minutes while it lasts", with the interval at 0.1 s: a source
+    never seen connected is not reported; a lost one is, reminded while it stays lost, and
+    its return is said with how long it lasted."""
+    from gateway import pipeline
+    from gateway.service import SourceWatch
+
+    monkeypatch.setattr(pipeline, "REMIND_EVERY_S", 0.1)
+    caplog.set_level(logging.INFO, logger="aes_gateway.service")
+
+    async def scenario() -> None:
+        source, watch = Flapping(), SourceWatch()
+        watch.update([source])  # still connecting: its own retries are logged elsewhere
+        source.connected = True
+        watch.update([source])
+        source.connected = False
+        for _ in range(5):  # 0.25 s of outage, looked at every 0.05 s
+            watch.update([source])
+            await asyncio.sleep(0.05)
+        source.connected = True
+        watch.update([source])
+
+    asyncio.run(scenario())
+    said = [(r.levelname, r.getMessage().split(" after")[0].split(":")[1])
+            for r in caplog.records]
+    assert said[0] == ("WARNING", "mailbox disconnected")
+    assert said[-1] == ("INFO", "mailbox connected again")
+    # at least 0.2 s between the first look and the last: 2 reminders, more on a slow machine
+    assert said[1:-1] == [("WARNING", "mailbox still disconnected")] * len(said[1:-1])
+    assert 2 <= len(said[1:-1]) <= 4

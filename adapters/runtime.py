@@ -82,14 +82,16 @@ PURGE_RETRY_S = 300.0  # a failed purge tried again: soon, but not at every pass
 async def _observe(
     service: Service, store: Store, metrics: Metrics, config: cfg.Config, clock: LiveClock,
 ) -> None:
-    """Gauges from the store and the sources; sources' outages logged; pairing windows closed
-    on the stream's clock (gateway/clock.py) every minute; retention purged hourly."""
+    """Gauges from the store and the sources; sources' outages and held-back quarantine counts
+    logged; pairing windows closed on the stream's clock (gateway/clock.py) every minute;
+    retention purged hourly."""
     loop = asyncio.get_running_loop()
     window_s = int(config.matching.pair_window_hours * 3600)
     next_close = next_purge = loop.time()
     watch = SourceWatch()
     while True:
         watch.update(service.sources)
+        service.pipeline.quarantine_log.close_due()  # a count held back while no batch comes
         try:
             await _observe_once(service, store, metrics)
         except Exception:  # a metrics pass must never stop the service

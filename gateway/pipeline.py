@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ class Pipeline:
         self.parse_pool = parse_pool
         self.tolerance_s = tolerance_s
         self.hooks = list(hooks)
+        self.quarantine_log = QuarantineLog()
 
     def prepare(self, deliveries: Sequence[Delivery]) -> list[Prepared]:
         return [prepare(d.raw, self.reader) for d in deliveries]
@@ -79,7 +82,7 @@ class Pipeline:
                 log.exception("settling a committed batch failed; the source will redeliver")
         for hook in self.hooks:
             hook(batch, results)
-        _log_outcomes(batch, results)
+        self.quarantine_log.note(batch, results)
         return results
 
     async def _one_at_a_time(
@@ -124,22 +127,81 @@ def _by_settler(
     return groups
 
 
-def _log_outcomes(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
-    debug = log.isEnabledFor(logging.DEBUG)
-    quarantined = Outcome.QUARANTINED
-    for item, result in zip(batch, results, strict=True):
-        if result.outcome is quarantined:
+QUARANTINE_LOG_FIRST = 10  # quarantined messages logged one by one, per reason and minute
+QUARANTINE_LOG_EVERY_S = 60.0
+
+
+@dataclasses.dataclass
+class _Held:
+    """One reason's quarantined messages in one stretch of `QuarantineLog.every_s`."""
+
+    began: float
+    logged: int = 0
+    held_back: int = 0
+
+
+class QuarantineLog:
+    """Quarantined messages logged one by one, up to `first` per reason in each `every_s`;
+    the rest of that time are counted and logged as one line. A replay of a big capture with
+    a few percent of bad input, or a sender gone wrong, would otherwise write a line for each:
+    the store's quarantine and the metrics keep every one."""
+
+    def __init__(self, first: int = QUARANTINE_LOG_FIRST,
+                 every_s: float = QUARANTINE_LOG_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.first = first
+        self.every_s = every_s
+        self._clock = clock
+        self._by_reason: dict[str, _Held] = {}
+
+    def note(self, batch: Sequence[Prepared], results: Sequence[Result]) -> None:
+        now = self._clock()
+        self._close(now)
+        debug = log.isEnabledFor(logging.DEBUG)
+        quarantined = Outcome.QUARANTINED
+        for item, result in zip(batch, results, strict=True):
+            if result.outcome is quarantined:
+                self._quarantined(item, result, now)
+            elif debug:
+                log.debug(
+                    "message decided",
+                    extra={"message_key": result.key, "outcome": result.outcome,
+                           "event_id": result.event_id, "kind": result.duplicate_kind},
+                )
+
+    def close_due(self) -> None:
+        """Logs the counts whose time is over (the service calls it when idle, too)."""
+        self._close(self._clock())
+
+    def flush(self) -> None:
+        """Logs every count held now (at the end of a replay, at a stop)."""
+        self._close(float("inf"))
+
+    def _quarantined(self, item: Prepared, result: Result, now: float) -> None:
+        reason = result.reason or "?"
+        held = self._by_reason.setdefault(reason, _Held(now))
+        if held.logged < self.first:
+            held.logged += 1
             log.warning(
                 "message quarantined",
-                extra={"message_key": result.key, "reason": result.reason,
+                extra={"message_key": result.key, "reason": reason,
                        "detail": result.detail, "source": item.raw.source},
             )
-        elif debug:
-            log.debug(
-                "message decided",
-                extra={"message_key": result.key, "outcome": result.outcome,
-                       "event_id": result.event_id, "kind": result.duplicate_kind},
-            )
+            return
+        if not held.held_back:
+            log.warning("more messages quarantined as %s: counted, not logged one by one, for "
+                        "the next %.0f s; `aes-gateway quarantine list` shows every one",
+                        reason, held.began + self.every_s - now, extra={"reason": reason})
+        held.held_back += 1
+
+    def _close(self, now: float) -> None:
+        for reason, held in list(self._by_reason.items()):
+            if now - held.began >= self.every_s:
+                del self._by_reason[reason]
+                if held.held_back:
+                    log.warning("%d more messages quarantined as %s were not logged one by one",
+                                held.held_back, reason,
+                                extra={"reason": reason, "held_back": held.held_back})
 
 
 REMIND_EVERY_S = 600.0  # how often a lasting outage is logged again

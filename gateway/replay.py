@@ -46,13 +46,16 @@ async def replay(
     relay = Relay(store, sink, feed="replay")
     await relay.start()
     await relay.drain()  # what an earlier, interrupted run committed but did not relay
-    async for batch in batches:
-        await pipeline.commit(batch)
-        clock = max(clock, stream_time(batch))
-        await close(clock)
-        await relay.drain()
-        if progress is not None:
-            progress(tally.messages)
+    try:
+        async for batch in batches:
+            await pipeline.commit(batch)
+            clock = max(clock, stream_time(batch))
+            await close(clock)
+            await relay.drain()
+            if progress is not None:
+                progress(tally.messages)
+    finally:  # an interrupted replay, too, says how many were not logged one by one
+        pipeline.quarantine_log.flush()
     if close_windows:  # as if every pairing window had passed
         await close(2**62)
     await store.set_feed(relay.name, "replay-done")  # the outbox need no longer be kept for it

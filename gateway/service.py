@@ -248,6 +248,7 @@ class Service:
         for close in self.closers:
             with contextlib.suppress(Exception):
                 await close()
+        self.pipeline.quarantine_log.flush()
 
     async def _wait_caught_up(self) -> None:
         while not await self._caught_up():  # noqa: ASYNC110 - the store is polled, not signalled

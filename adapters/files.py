@@ -88,15 +88,35 @@ def list_inputs(inputs: Sequence[Path]) -> InputFiles:
     files = InputFiles()
     for path in inputs:
         if path.is_dir():
+            others = 0
+            names: list[bytes] = []
             with os.scandir(os.fsencode(path)) as entries:  # d_type: no stat per file
-                names = [e.name for e in entries if e.name.endswith(b".xml") and e.is_file()]
+                for entry in entries:
+                    if entry.name.endswith(b".xml") and entry.is_file():
+                        names.append(entry.name)
+                    else:
+                        others += 1
             names.sort()
             files.add(str(path), names)
+            _left_out(path, len(names), others)
         elif path.is_file():
             files.add(str(path.parent), [os.fsencode(path.name)])
         else:
             raise InputError(f"input {str(path)!r} is neither a file nor a directory")
     return files
+
+
+def _left_out(directory: Path, read: int, others: int) -> None:
+    """A directory given to replay whose entries are not all read is said so: a wrong
+    directory (the capture's parent, say) would otherwise give an empty replay in silence."""
+    if read == 0:
+        log.warning("input directory %s holds no *.xml files: nothing is read from it "
+                    "(%d other entries; subdirectories are not read)", directory, others,
+                    extra={"left_out": others})
+    elif others:
+        log.info("input directory %s: %d *.xml files read, %d other entries left out "
+                 "(subdirectories are not read)", directory, read, others,
+                 extra={"left_out": others})
 
 
 class _NothingToAcknowledge:

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -28,6 +30,8 @@ from gateway.model import RawMessage
 from gateway.privacy import mask_message
 from gateway.replay import DEFAULT_PAIR_WINDOW_S, replay
 from gateway.simulate import simulate
+
+log = logging.getLogger("aes_gateway.cli")
 
 DEFAULT_BATCH = 8000  # a commit writes every page its batch touched: bigger batches share pages
 PARALLEL_FROM = 5000  # files
@@ -279,6 +283,7 @@ async def run_replay(
         # A sink new to this store starts a new file; a resumed one continues its file.
         sink.open(truncate=await store.sink_progress(sink.name) is None)
         bar = _ProgressBar(total)
+        started = time.monotonic()
         try:
             if batches is None:
                 workers = parse_workers(total) if workers is None else workers
@@ -292,7 +297,13 @@ async def run_replay(
         finally:
             bar.close()
             sink.close()
-        return {**tally.summary(), "overlap": await store.overlap()}
+        summary = tally.summary()
+        counts = {name: summary[name]
+                  for name in ("messages", "emitted", "duplicates", "quarantined")}
+        log.info("replay done: %(messages)d messages, %(emitted)d emitted, %(duplicates)d "
+                 "duplicates, %(quarantined)d quarantined", counts,
+                 extra={**counts, "seconds": round(time.monotonic() - started, 2)})
+        return {**summary, "overlap": await store.overlap()}
 
 
 async def _replay(args: argparse.Namespace) -> int:

@@ -40,6 +40,22 @@ def test_replay_writes_events_and_summary(tmp_path: Path) -> None:
     assert summary["quarantined_by_reason"] == {}
 
 
+def test_replay_ends_with_a_line_of_counts_in_its_log(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]]
+) -> None:
+    """Without --summary a replay said nothing at its end (stop 18 and before)."""
+    inbox, key = simulated
+    result = run_cli("replay", str(inbox), "--output", str(tmp_path / "out.jsonl"),
+                     env_level="INFO")
+    last = json.loads(result.stderr.splitlines()[-1])
+    assert last["msg"].startswith("replay done: ")
+    counts = {k: last[k] for k in ("messages", "emitted", "duplicates", "quarantined")}
+    assert counts["messages"] == len(list(inbox.glob("*.xml")))
+    assert counts["emitted"] == len(read_jsonl(tmp_path / "out.jsonl")) - key["case_links"]
+    assert counts["messages"] == sum(v for k, v in counts.items() if k != "messages")
+    assert last["seconds"] > 0
+
+
 def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("replay", str(tmp_path / "nowhere"), check=False)
     assert result.returncode == 2

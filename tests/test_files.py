@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tracemalloc
 from pathlib import Path
@@ -119,6 +120,29 @@ def test_inputs_are_listed_in_file_name_order_and_sliced_as_a_list(tmp_path: Pat
     assert files[4:] == expected[4:]  # across the two inputs
     with pytest.raises(IndexError):
         files[6]
+
+
+def test_a_directory_with_nothing_to_read_is_said_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Until stop 19 a replay of the capture's parent directory (its messages one level down)
+    read nothing and said nothing: exit 0, an empty output."""
+    capture = tmp_path / "capture"
+    (capture / "in").mkdir(parents=True)
+    (capture / "in" / "000001.xml").touch()
+    (capture / "answer-key.json").touch()
+    with caplog.at_level(logging.INFO, "aes_gateway.files"):
+        assert len(list_inputs([capture])) == 0
+        assert len(list_inputs([capture / "in"])) == 1
+        (capture / "in" / "notes.txt").touch()
+        assert len(list_inputs([capture / "in"])) == 1
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", f"input directory {capture} holds no *.xml files: nothing is read from it "
+                    "(2 other entries; subdirectories are not read)"),
+        ("INFO", f"input directory {capture / 'in'}: 1 *.xml files read, 1 other entries "
+                 "left out (subdirectories are not read)"),
+    ]
 
 
 def test_a_listing_keeps_about_twenty_bytes_a_file(tmp_path: Path) -> None:

@@ -101,7 +101,9 @@ def handler() -> Handler | None:
     return next((h for h in logging.getLogger().handlers if isinstance(h, Handler)), None)
 
 
-def setup(stream: object = None) -> None:
+def setup(stream: object = None, warn: bool = True) -> None:
+    """JSON lines with CPR masked, on `stream` (stderr). `warn=False` in a parse worker: its
+    parent has already said so if the level is not one."""
     level = os.environ.get("AES_GATEWAY_LOG_LEVEL", "INFO").upper()
     out = Handler(stream or sys.stderr)
     out.setFormatter(JsonFormatter())
@@ -110,7 +112,7 @@ def setup(stream: object = None) -> None:
     root.handlers[:] = [out]
     known = level in logging.getLevelNamesMapping()
     root.setLevel(level if known else "INFO")
-    if not known:
+    if not known and warn:
         logging.getLogger("aes_gateway").warning(
             "AES_GATEWAY_LOG_LEVEL %r is not a level (DEBUG, INFO, WARNING, ERROR); INFO it is",
             level[:20])

@@ -77,7 +77,7 @@ def _die_with_parent(parent: int) -> None:
     was then logged as an error with its traceback."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    logs.setup()  # a spawned worker starts without the parent's: JSON, CPR masked
+    logs.setup(warn=False)  # a spawned worker starts without the parent's: JSON, CPR masked
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -202,3 +202,13 @@ def test_a_replay_logs_every_quarantined_message_one_way_or_the_other(tmp_path: 
     assert max(logged.values()) > QUARANTINE_LOG_FIRST  # some were counted, not logged
     one_by_one = sum(line["msg"] == "message quarantined" for line in lines)
     assert one_by_one <= QUARANTINE_LOG_FIRST * len(logged) < summary["quarantined"]
+
+
+def test_a_level_that_is_not_one_is_said_once_not_again_by_each_parse_worker(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]]
+) -> None:
+    inbox, _ = simulated
+    result = run_cli("replay", str(inbox), "--workers", "1", "--output",
+                     str(tmp_path / "out.jsonl"), env_level="LOUD")
+    said = [line for line in result.stderr.splitlines() if "is not a level" in line]
+    assert len(said) == 1, said

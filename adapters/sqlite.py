@@ -2,7 +2,8 @@
 
 One transaction per batch (group commit) holds every outcome of the batch: message ids, events,
 links, the outbox of canonical events and the quarantine. Sources are acknowledged only after it
-commits; sinks are fed from the outbox, each with its own progress.
+commits; sinks are fed from the outbox, each with its own progress. The tables and whole-table
+statements are in sqlite_schema.py, a batch's own statements in sqlite_batch.py.
 """
 
 from __future__ import annotations
@@ -20,158 +21,36 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
 import aiosqlite
-import msgspec
 
-from gateway import canonical, report
-from gateway.correlate import CorrelationState, Effects, EventRecord, Link
+from adapters import sqlite_batch as batch_sql
+from adapters.sqlite_batch import SYNC_COMMITS, placeholders
+from adapters.sqlite_batch import QuarantineRow as QuarantineRow  # the Store's, re-exported
+from adapters.sqlite_schema import (
+    HIGHEST_OUTBOX_SEQ,
+    PURGE_UP_TO,
+    REPORT_COUNTS,
+    REPORT_LAGS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_QUARANTINE,
+)
+from gateway import report
+from gateway.correlate import CorrelationState, Effects
 from gateway.decide import BatchKeys, Prepared, Result
-from gateway.model import Outcome, RawMessage
+from gateway.model import RawMessage
 from gateway.ports import OutboxRow
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 3
 BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoints
 # The newest committed outbox rows, kept to hand to relays without reading them back (a relay
 # that is behind them reads the table). About 6 MB at most.
 RECENT_OUTBOX_ROWS: Final = 8192
-# Batch commits are fsynced (WAL + FULL): an acknowledged message survives a power loss too,
-# with one fsync per batch, never one per message. Only a sink's progress mark is not.
-SYNC_COMMITS: Final = "FULL"
 CLOSE_CHUNK: Final = 5000  # pairing windows closed per statement (15-25 ms of the store)
-LINK_TOUCH_AFTER_S: Final = 86400  # a link's last use is written when a day old or more
-
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    event_type TEXT NOT NULL,
-    occurred_at INTEGER NOT NULL,
-    occurred_alt INTEGER,
-    legacy_case_id TEXT,
-    case_number TEXT,
-    cpr TEXT NOT NULL,
-    versions INTEGER NOT NULL,
-    first_version TEXT NOT NULL,
-    event_ref TEXT,
-    first_seen INTEGER NOT NULL,
-    other_seen INTEGER,
-    municipality_code TEXT,
-    accepted_at INTEGER NOT NULL,
-    pair_closed INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS events_legacy ON events (legacy_case_id)
-    WHERE legacy_case_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_number ON events (case_number) WHERE case_number IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_ref ON events (event_ref) WHERE event_ref IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_cpr ON events (cpr);
-CREATE INDEX IF NOT EXISTS events_accepted ON events (accepted_at);
-CREATE INDEX IF NOT EXISTS events_open_pairs ON events (first_seen) WHERE pair_closed = 0;
--- the overlap counts read an index, not millions of rows sorted in memory
-CREATE INDEX IF NOT EXISTS events_versions ON events (versions);
-CREATE TABLE IF NOT EXISTS messages (
-    message_key TEXT PRIMARY KEY,
-    outcome TEXT NOT NULL,
-    event_id TEXT,
-    version TEXT,
-    received_at INTEGER NOT NULL
-) WITHOUT ROWID;
--- the retention purge finds old rows by index, not by reading millions of them under the lock
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
-CREATE TABLE IF NOT EXISTS links (
-    legacy_case_id TEXT PRIMARY KEY,
-    case_number TEXT NOT NULL UNIQUE,
-    cpr TEXT NOT NULL,
-    method TEXT NOT NULL,
-    learned_at INTEGER NOT NULL  -- learned, or last used by an event (to the day)
-);
-CREATE INDEX IF NOT EXISTS links_learned ON links (learned_at);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    municipality_code TEXT,
-    category TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    body BLOB NOT NULL,
-    created_at INTEGER NOT NULL
-);
--- feed: what last_seq counts: `outbox` (a configured sink), `replay` (a replay's output file,
--- `replay-done` once that replay finished) or `quarantine` (a quarantine id, not an outbox seq)
-CREATE TABLE IF NOT EXISTS sink_progress (
-    sink TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, feed TEXT NOT NULL DEFAULT 'outbox'
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY,
-    message_key TEXT NOT NULL,
-    version TEXT,
-    reason TEXT NOT NULL,
-    detail TEXT,
-    source TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS quarantine_received ON quarantine (received_at);
-"""
-
-EVENT_COLUMNS: Final = tuple(EventRecord.__struct_fields__)
-# The outbox rows every sink still feeding has taken: the configured sinks and unfinished
-# replays. A finished replay's output, or a quarantine relay (whose position is a quarantine
-# id), would hold every later row for ever; in a store only ever replayed into, the finished
-# replays' outputs are all there is.
-_PURGE_UP_TO: Final = (
-    "SELECT COALESCE("
-    "(SELECT MIN(last_seq) FROM sink_progress WHERE feed IN ('outbox', 'replay')),"
-    " (SELECT MIN(last_seq) FROM sink_progress WHERE feed = 'replay-done'), 0)"
-)
-# The Danish month (Europe/Copenhagen) of a UTC time in epoch seconds, in SQL: SQLite knows no
-# time zones, and a Python function called for each of 5 million rows doubles the report's
-# time. A month begins at local midnight, UTC+2 from April to October and UTC+1 from November
-# to March: the EU's summer time always begins before April and ends before November. So a
-# time 2 h on falling in April-October is in that month; otherwise 1 h on gives the month.
-# tests/test_metrics.py checks it against zoneinfo at every month's turn from 2000 to 2040.
-DANISH_MONTH_SQL: Final = (
-    "CASE WHEN CAST(strftime('%m', {t} + 7200, 'unixepoch') AS INTEGER) BETWEEN 4 AND 10"
-    " THEN strftime('%Y-%m', {t} + 7200, 'unixepoch')"
-    " ELSE strftime('%Y-%m', {t} + 3600, 'unixepoch') END"
-)
-_REPORT_CELL: Final = (DANISH_MONTH_SQL.format(t="first_seen") + " AS month,"
-                       " COALESCE(municipality_code, 'unknown') AS kommune")
-_REPORT_COUNTS: Final = (
-    f"SELECT {_REPORT_CELL}, SUM(first_version = '2.2'), SUM(first_version <> '2.2'),"
-    " SUM(versions = 3), SUM(versions = 1), SUM(versions NOT IN (1, 3)),"
-    " SUM(versions = 3 AND other_seen IS NOT NULL) FROM events GROUP BY month, kommune"
-)
-_REPORT_LAGS: Final = (
-    f"SELECT {_REPORT_CELL}, other_seen - first_seen AS lag FROM events"
-    " WHERE versions = 3 AND other_seen IS NOT NULL ORDER BY month, kommune, lag"
-)
-_SELECT_EVENTS: Final = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
-_SELECT_QUARANTINE: Final = (
-    "SELECT id, message_key, version, reason, detail, source, received_at, body FROM quarantine"
-)
-
-
-_QUARANTINED: Final = Outcome.QUARANTINED  # read once, not per message
-# The highest outbox sequence number ever given (AUTOINCREMENT keeps it, purged rows included)
-_HIGHEST_OUTBOX_SEQ: Final = (
-    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"
-)
 
 
 class StoreError(Exception):
     """The store cannot be opened or written; the original error is chained."""
-
-
-class QuarantineRow(msgspec.Struct, frozen=True, gc=False):
-    seq: int  # the quarantine id; named like the outbox's so one relay serves both
-    message_key: str
-    version: str | None
-    reason: str
-    detail: str | None
-    source: str
-    received_at: int
-    body: bytes
 
 
 def _create_private(path: Path) -> None:
@@ -234,176 +113,6 @@ async def on_thread(conn: aiosqlite.Connection, job: Callable[[sqlite3.Connectio
     return cast(T, await run(lambda: job(conn._conn)))
 
 
-def _placeholders(values: Sequence[object]) -> str:
-    return ",".join("?" * len(values))
-
-
-# --- a batch's reads and writes, each run on the store's thread in one trip ------------------
-
-
-def _load_state(
-    db: sqlite3.Connection, keys: BatchKeys, retried: frozenset[str] = frozenset()
-) -> CorrelationState:
-    """`retried`: keys of quarantined messages being decided again, which count as unseen."""
-    state = CorrelationState()
-    state.messages = _known_messages(db, keys.message_keys) - retried
-    legacy_ids, numbers = set(keys.legacy_case_ids), set(keys.case_numbers)
-    for link in _links(db, legacy_ids, numbers):
-        state.add_link(link)
-        legacy_ids.add(link.legacy_case_id)
-        numbers.add(link.case_number)
-    for record in _events(db, keys, legacy_ids, numbers):
-        state.add_event(record)
-    # Fuzzy matching asks whether a candidate's ids are linked: load those links too.
-    extra_legacy = {r.legacy_case_id for r in state.events.values()} - legacy_ids
-    extra_numbers = {r.case_number for r in state.events.values()} - numbers
-    extra_legacy.discard(None)
-    extra_numbers.discard(None)
-    for link in _links(db, extra_legacy, extra_numbers):  # type: ignore[arg-type]
-        state.add_link(link)
-    return state
-
-
-def _known_messages(db: sqlite3.Connection, message_keys: set[str]) -> set[str]:
-    found: set[str] = set()
-    keys = list(message_keys)
-    for start in range(0, len(keys), 5000):
-        chunk = keys[start : start + 5000]
-        rows = db.execute(
-            f"SELECT message_key FROM messages WHERE message_key IN ({_placeholders(chunk)})",
-            chunk,
-        )
-        found.update(row[0] for row in rows)
-    return found
-
-
-def _links(db: sqlite3.Connection, legacy_ids: set[str], numbers: set[str]) -> list[Link]:
-    if not legacy_ids and not numbers:
-        return []
-    legacy, number = list(legacy_ids), list(numbers)
-    # UNION, not OR: with OR SQLite may scan the whole table instead of both indexes
-    rows = db.execute(
-        "SELECT legacy_case_id, case_number, cpr, method FROM links "
-        f"WHERE legacy_case_id IN ({_placeholders(legacy)}) UNION "
-        "SELECT legacy_case_id, case_number, cpr, method FROM links "
-        f"WHERE case_number IN ({_placeholders(number)})",
-        [*legacy, *number],
-    )
-    return [Link(*row) for row in rows]
-
-
-def _events(
-    db: sqlite3.Connection, keys: BatchKeys, legacy_ids: set[str], numbers: set[str]
-) -> list[EventRecord]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, values in (
-        ("legacy_case_id", legacy_ids),
-        ("case_number", numbers),
-        ("event_ref", keys.event_refs),
-        ("cpr", keys.cprs),
-    ):
-        if values:
-            where = f"{column} IN ({_placeholders(list(values))})"
-            clauses.append(f"{_SELECT_EVENTS} WHERE {where}")
-            params.extend(values)
-    if not clauses:
-        return []
-    return [EventRecord(*row) for row in db.execute(" UNION ".join(clauses), params)]
-
-
-def _mark_sent(db: sqlite3.Connection, sink: str, seq: int) -> None:
-    db.execute("PRAGMA synchronous=NORMAL")  # WAL: this commit is not synced...
-    try:
-        db.execute("UPDATE sink_progress SET last_seq = ? WHERE sink = ? AND last_seq < ?",
-                   (seq, sink, seq))
-    finally:
-        db.execute(f"PRAGMA synchronous={SYNC_COMMITS}")  # ...every batch commit is
-
-
-def _in_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """BEGIN IMMEDIATE ... COMMIT; rolled back on any failure, the commit's own included, so
-    that the connection is never left inside a transaction."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(db)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    return result
-
-
-def _write(
-    db: sqlite3.Connection, batch: Sequence[Prepared], results: Sequence[Result],
-    effects: Effects, now: int, retried: Sequence[QuarantineRow] = (),
-) -> list[OutboxRow]:
-    """Writes the batch; returns its outbox rows as stored, for the relays. A quarantined
-    message decided again (`retried`) leaves the quarantine in this same transaction."""
-    if retried:
-        db.executemany("DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
-                       [(row.message_key,) for row in retried])
-        db.executemany("DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in retried])
-    db.executemany(
-        "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
-        [
-            # an Outcome is a str: bound as its value without the enum's `.value` lookup
-            (r.key, r.outcome, r.event_id, r.version, int(p.raw.received_at.timestamp()))
-            for p, r in zip(batch, results, strict=True)
-        ],
-    )
-    db.executemany(
-        "INSERT INTO quarantine (message_key, version, reason, detail, source, received_at,"
-        " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (r.key, r.version, r.reason, r.detail, p.raw.source,
-             int(p.raw.received_at.timestamp()), p.raw.body)
-            for p, r in zip(batch, results, strict=True)
-            if r.outcome is _QUARANTINED
-        ],
-    )
-    db.executemany(
-        f"INSERT INTO events ({', '.join(EVENT_COLUMNS[:-1])}, accepted_at) "
-        f"VALUES ({_placeholders(EVENT_COLUMNS)})",
-        [(*msgspec.structs.astuple(r)[:-1], now) for r in effects.new_events.values()],
-    )
-    db.executemany(
-        "UPDATE events SET versions = ?, other_seen = ?, legacy_case_id = ?, case_number = ?,"
-        " event_ref = ? WHERE event_id = ?",
-        [
-            (r.versions, r.other_seen, r.legacy_case_id, r.case_number, r.event_ref, r.event_id)
-            for r in effects.updated_events.values()
-        ],
-    )
-    db.executemany(
-        "INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?, ?)",
-        [(*msgspec.structs.astuple(link), now) for link in effects.new_links],
-    )
-    # A link's retention counts from its last use: a case still active years on keeps the
-    # link that gives its events both case ids. Written at most once a day per link.
-    db.executemany(
-        "UPDATE links SET learned_at = ? WHERE legacy_case_id = ? AND learned_at < ?",
-        [(now, legacy, now - LINK_TOUCH_AFTER_S) for legacy in effects.used_links],
-    )
-    if not effects.output:
-        return []
-    # Sequence numbers given explicitly, after the highest ever used (AUTOINCREMENT keeps it
-    # in sqlite_sequence, purged rows included), so that the rows are known as stored.
-    first = int(db.execute(_HIGHEST_OUTBOX_SEQ).fetchone()[0]) + 1
-    rows = [
-        OutboxRow(seq, e.event_id, e.person.municipality_code, e.category, e.event_type,
-                  canonical.encode(e))
-        for seq, e in enumerate(effects.output, start=first)
-    ]
-    db.executemany(
-        "INSERT INTO outbox (seq, event_id, municipality_code, category, event_type, body,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(*msgspec.structs.astuple(row), now) for row in rows],
-    )
-    return rows
-
-
 class Store:
     """The SQLite store. Open with `await Store.open(path)`."""
 
@@ -435,7 +144,7 @@ class Store:
 
     async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work` in one transaction, in one trip to the store's thread, under the lock."""
-        return await self._run(lambda db: _in_transaction(db, work))
+        return await self._run(lambda db: batch_sql.in_transaction(db, work))
 
     @classmethod
     async def open(cls, path: Path | str, bulk: bool = False, claim: bool = False) -> Store:
@@ -501,7 +210,7 @@ class Store:
         """Everything the batch's decisions may depend on, and nothing else."""
         retried = frozenset(self._retrying_keys.intersection(keys.message_keys))
         try:
-            return await self._run(lambda db: _load_state(db, keys, retried))
+            return await self._run(lambda db: batch_sql.load_state(db, keys, retried))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the store: {exc}") from exc
 
@@ -515,7 +224,7 @@ class Store:
         retried = [row for raw in raws for row in retrying[raw]]
         try:
             rows = await self._transaction(
-                lambda db: _write(db, batch, results, effects, now, retried))
+                lambda db: batch_sql.write(db, batch, results, effects, now, retried))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
         for raw in raws:
@@ -550,9 +259,9 @@ class Store:
 
         def forget(db: sqlite3.Connection) -> dict[str, int]:
             gone = {name: int(pending) for name, pending in db.execute(
-                f"SELECT sink, CASE feed WHEN 'outbox' THEN MAX(({_HIGHEST_OUTBOX_SEQ})"
+                f"SELECT sink, CASE feed WHEN 'outbox' THEN MAX(({HIGHEST_OUTBOX_SEQ})"
                 " - last_seq, 0) ELSE 0 END FROM sink_progress"
-                f" WHERE feed IN ('outbox', 'quarantine') AND sink NOT IN ({_placeholders(kept)})",
+                f" WHERE feed IN ('outbox', 'quarantine') AND sink NOT IN ({placeholders(kept)})",
                 kept)}
             db.executemany("DELETE FROM sink_progress WHERE sink = ?", [(n,) for n in gone])
             return gone
@@ -578,14 +287,14 @@ class Store:
         A killed process loses nothing (the frames are with the OS); a power loss before then
         takes the mark back, and the relay repeats those rows, as after a crash between send
         and mark."""
-        await self._run(lambda db: _mark_sent(db, sink, seq))
+        await self._run(lambda db: batch_sql.mark_sent(db, sink, seq))
 
     async def outbox_end(self) -> int:
         """The newest outbox row's sequence number. Asked before every batch (is a sink too
         far behind?): from memory once this process has committed a row."""
         if self._recent:
             return self._recent[-1].seq
-        rows = await self._query(_HIGHEST_OUTBOX_SEQ)
+        rows = await self._query(HIGHEST_OUTBOX_SEQ)
         return int(rows[0][0])
 
     # --- metrics ----------------------------------------------------------------------------
@@ -619,7 +328,7 @@ class Store:
         The numbers past a sink's position have no gaps: they are given in order, from the
         highest ever used, and purged only up to the lowest position of all sinks."""
         rows = await self._query(
-            f"SELECT MAX(({_HIGHEST_OUTBOX_SEQ}) - p.last_seq, 0),"
+            f"SELECT MAX(({HIGHEST_OUTBOX_SEQ}) - p.last_seq, 0),"
             " (SELECT created_at FROM outbox WHERE seq > p.last_seq ORDER BY seq LIMIT 1)"
             " FROM sink_progress p WHERE p.sink = ?", (sink,))
         count, oldest = rows[0] if rows else (0, None)
@@ -633,7 +342,7 @@ class Store:
         def build(db: sqlite3.Connection) -> list[dict[str, object]]:
             db.execute("PRAGMA temp_store=FILE")
             try:
-                return report.build(db.execute(_REPORT_COUNTS), db.execute(_REPORT_LAGS))
+                return report.build(db.execute(REPORT_COUNTS), db.execute(REPORT_LAGS))
             finally:
                 db.execute("PRAGMA temp_store=MEMORY")
 
@@ -665,7 +374,7 @@ class Store:
         """The quarantine (or the one message `only`, or the rows up to id `upto`) in id order,
         a page at a time: it can hold millions of raw messages when a whole kind of input was
         refused. Without the body, `body` is empty."""
-        columns = _SELECT_QUARANTINE if with_body else _SELECT_QUARANTINE.replace(
+        columns = SELECT_QUARANTINE if with_body else SELECT_QUARANTINE.replace(
             ", body FROM", ", X'' FROM")
         after = 0
         while True:
@@ -683,7 +392,7 @@ class Store:
 
     async def quarantine_after(self, seq: int, limit: int) -> list[QuarantineRow]:
         rows = await self._query(
-            f"{_SELECT_QUARANTINE} WHERE id > ? ORDER BY id LIMIT ?", (seq, limit)
+            f"{SELECT_QUARANTINE} WHERE id > ? ORDER BY id LIMIT ?", (seq, limit)
         )
         return [QuarantineRow(*row) for row in rows]
 
@@ -692,7 +401,7 @@ class Store:
         now: dt.datetime | None = None,
     ) -> dict[str, int]:
         """Delete what is older than the retention periods, and every outbox row that every
-        sink still feeding has taken (see _PURGE_UP_TO)."""
+        sink still feeding has taken (see PURGE_UP_TO)."""
         now = now or dt.datetime.now(dt.UTC)
 
         def cutoff(days: int) -> int:
@@ -718,7 +427,7 @@ class Store:
                 deleted[table] = cursor.rowcount
             deleted["messages"] += forgotten
             cursor = db.execute(
-                f"DELETE FROM outbox WHERE seq <= ({_PURGE_UP_TO})"
+                f"DELETE FROM outbox WHERE seq <= ({PURGE_UP_TO})"
             )
             deleted["outbox"] = cursor.rowcount
             return deleted

@@ -138,7 +138,7 @@ def test_report_months_are_danish_months() -> None:
     import datetime as dt
     import sqlite3
 
-    from adapters.sqlite import DANISH_MONTH_SQL
+    from adapters.sqlite_schema import DANISH_MONTH_SQL
 
     instants = []
     for year in range(2000, 2041):

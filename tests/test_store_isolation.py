@@ -18,7 +18,7 @@ from typing import Any
 import aiosqlite
 import pytest
 
-import adapters.sqlite
+import adapters.sqlite_batch
 from adapters.sqlite import Store, StoreError
 from gateway.correlate import CorrelationState
 from gateway.decide import Prepared, Result, batch_keys, decide_batch, prepare
@@ -26,7 +26,7 @@ from gateway.envelope import EnvelopeReader
 from gateway.ports import OutboxRow
 from tests import helpers as h
 
-WRITE = adapters.sqlite._write
+WRITE = adapters.sqlite_batch.write
 
 
 def write_then_fail(db: sqlite3.Connection, *args: Any) -> list[OutboxRow]:
@@ -39,7 +39,7 @@ def write_then_fail(db: sqlite3.Connection, *args: Any) -> list[OutboxRow]:
 def test_the_outbox_shows_no_row_of_a_batch_that_is_not_committed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(adapters.sqlite, "_write", write_then_fail)
+    monkeypatch.setattr(adapters.sqlite_batch, "write", write_then_fail)
 
     async def scenario() -> tuple[list[object], list[object]]:
         store = await Store.open(tmp_path / "g.db")

@@ -12,7 +12,8 @@ from gateway.correlate import CorrelationState
 from gateway.decide import decide_batch, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Envelope, Outcome, Reason, Version
-from gateway.simulate import BAD_INPUT, Simulator, simulate
+from gateway.simulate import Simulator, simulate
+from gateway.simulate_wire import BAD_INPUT
 from tests import helpers as h
 
 READER = EnvelopeReader()

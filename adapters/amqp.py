@@ -27,6 +27,7 @@ from gateway.config import TlsConfig
 from gateway.decide import Result
 from gateway.logs import mask
 from gateway.model import RawMessage
+from gateway.pipeline import REMIND_EVERY_S, Outage
 from gateway.ports import Delivery, OutboxRow
 
 log = logging.getLogger("aes_gateway.amqp")
@@ -49,18 +50,50 @@ def plain_connector(url: str, tls: TlsConfig | None) -> Connector:
     return connect
 
 
+class Retries:
+    """The log of a retry loop at start-up (no broker yet, no mailbox yet), as of any outage:
+    the first failure, a reminder every REMIND_EVERY_S (10 minutes) while it lasts, and how
+    long it lasted once it works. Until stop 19 each retry had its line: two a minute for
+    each mailbox for as long as it was missing."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._outage: Outage | None = None
+
+    def failed(self, what: str, error: str) -> None:
+        extra = {"source": self.source, "error": mask(error)}
+        if self._outage is None:
+            self._outage = Outage()
+            log.warning("%s; retrying, with pauses growing to 30 s (logged again every %.0f "
+                        "minutes while it lasts)", what, REMIND_EVERY_S / 60, extra=extra)
+        elif self._outage.remind():
+            log.warning("%s, still, after %.0f s (%d attempts)", what, self._outage.lasted_s(),
+                        self._outage.attempts, extra=extra)
+        self._outage.attempts += 1
+
+    def succeeded(self, what: str) -> None:
+        if self._outage is not None:
+            log.info("%s after %.0f s (%d failed attempts)", what, self._outage.lasted_s(),
+                     self._outage.attempts, extra={"source": self.source})
+            self._outage = None
+
+
 async def connect_with_backoff(
     connect: Connector, what: str, stop: asyncio.Event, max_backoff_s: float = 30.0
 ) -> AbstractRobustConnection | None:
     """The first connection; aio-pika's robust connection reconnects after that."""
     backoff = 0.5
+    retries = Retries(what)
     while not stop.is_set():
         try:
-            return await connect()
+            connection = await connect()
         except AMQP_ERRORS as exc:
-            log.warning("cannot connect %s: %s; retrying in %.1f s", what, exc, backoff)
+            retries.failed(f"cannot connect {what}", str(exc) or repr(exc))
             await pause(stop, backoff)
             backoff = min(backoff * 2, max_backoff_s)
+        else:
+            retries.succeeded(f"connected {what}")
+            return connection
     return None
 
 
@@ -111,6 +144,7 @@ class AmqpSource:
         if self._connection is None:
             return False
         backoff = 0.5
+        retries = Retries(self.name)
         while not stop.is_set():
             channel = await self._connection.channel()
             try:
@@ -119,15 +153,14 @@ class AmqpSource:
                 # with their consumers. The declare is passive: a mailbox is the
                 # Beskedfordeler's to create, never the gateway's.
                 queue = await channel.declare_queue(self.config.queue, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                log.warning("mailbox %s does not exist; retrying in %.1f s", self.config.queue,
-                            backoff, extra={"source": self.name})
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                retries.failed(f"mailbox {self.config.queue} does not exist", repr(exc))
             except AMQP_ERRORS as exc:
-                log.warning("cannot open mailbox %s: %r; retrying in %.1f s", self.config.queue,
-                            exc, backoff, extra={"source": self.name})
+                retries.failed(f"cannot open mailbox {self.config.queue}", repr(exc))
             else:
                 self._channel, self._queue = channel, queue
                 self._consumer_tag = await queue.consume(self._on_message, no_ack=False)
+                retries.succeeded(f"mailbox {self.config.queue} opened")
                 log.info("consuming", extra={"source": self.name})
                 return True
             with contextlib.suppress(*AMQP_ERRORS, RuntimeError):

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
+import aio_pika
+import pytest
+
+from adapters.amqp import AmqpSource, plain_connector
+from gateway import config as cfg
+from gateway import pipeline
 from tests import brokers
 from tests.conftest import CLI, ROOT
 from tests.mosquitto import free_port
@@ -86,3 +94,41 @@ def test_a_broker_restart_is_logged_once_as_it_begins_and_once_as_it_ends(
     assert ("info", "SIGTERM: stopping; deciding what was delivered and letting the sinks "
                     "catch up") in own
     assert own[-1] == ("info", "gateway stopped")
+
+
+def test_a_missing_mailbox_is_logged_as_it_begins_every_while_and_as_it_ends(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Until stop 19 each retry had its warning: with the pauses grown to 30 s, two lines a
+    minute for each missing mailbox, for as long as it was missing."""
+    monkeypatch.setattr(pipeline, "REMIND_EVERY_S", 2.5)  # 10 minutes in the service
+    queue = f"aes-missing-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> bool:
+        config = cfg.AmqpSource(url=brokers.AMQP_URL, queue=queue)
+        source = AmqpSource(config, asyncio.Queue(), plain_connector(brokers.AMQP_URL, None))
+        stop = asyncio.Event()
+        starting = asyncio.create_task(source.start(stop))
+        await asyncio.sleep(5)  # tried at about 0, 0.5, 1.5 and 3.5 s; next at 7.5 s
+        connection = await aio_pika.connect(brokers.AMQP_URL)
+        try:
+            admin = await connection.channel()
+            await admin.declare_queue(queue)
+            started = await asyncio.wait_for(starting, 15)
+            await source.close()
+            await admin.queue_delete(queue)
+        finally:
+            await connection.close()
+        return started
+
+    with caplog.at_level(logging.INFO, "aes_gateway.amqp"):
+        assert asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records if r.name == "aes_gateway.amqp"]
+    missing = [line for line in said if "does not exist" in line]
+    assert len(missing) == 2, said  # as it began, and one reminder
+    assert missing[0].startswith(f"mailbox {queue} does not exist; retrying")
+    assert missing[1].startswith(f"mailbox {queue} does not exist, still, after ")
+    ended = [line for line in said if line.startswith(f"mailbox {queue} opened after ")]
+    assert len(ended) == 1, said
+    attempts = int(ended[0].rsplit("(", 1)[1].split()[0])
+    assert attempts >= 4 > len(missing)

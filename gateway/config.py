@@ -362,8 +362,12 @@ def explain(config: Config) -> list[str]:
                     f" (quarantine to {sink.quarantine_exchange!r})")
         elif isinstance(sink, MqttSink):
             what = f"MQTT topics {sink.topic_prefix}/<kommune>/<event_type> at {_redact(sink.url)}"
-        else:
-            what = f"JSON Lines file {sink.path}"
+        elif sink.path == "-":
+            what = "JSON Lines on standard output"
+        else:  # absolute, as the store's: the file a gateway started here writes
+            rotate = (f"a new file past {sink.rotate_bytes / 2**20:g} MiB"
+                      if sink.rotate_bytes else "never rotated")
+            what = f"JSON Lines file {os.path.abspath(sink.path)} ({rotate})"
         lines.append(f"sink: {what}, CPR {sink.cpr}")
     lines.append(f"http: {config.http.listen or 'off'}")
     return lines

@@ -127,6 +127,7 @@ def test_config_check_explains_without_showing_passwords(tmp_path: Path) -> None
     assert "guest:***@" in out
     # a relative store path is shown as the file it names: the one a gateway started here opens
     assert f"store: {ROOT / 'gateway.db'} (" in out
+    assert f"sink: JSON Lines file {ROOT / 'out.jsonl'} (a new file past 100 MiB), CPR full" in out
 
 
 def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:

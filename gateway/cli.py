@@ -307,6 +307,9 @@ async def run_replay(
 
 
 async def _replay(args: argparse.Namespace) -> int:
+    if args.summary == "-" and args.output == "-":  # the summary would end the JSON Lines
+        raise UsageError("--summary - and the events (--output -, the default) would share "
+                         "stdout: give one of them a file")
     with tempfile.TemporaryDirectory(prefix="aes-gateway-") as tmp:
         store_path = args.store or Path(tmp) / "replay.db"
         summary = await run_replay(
@@ -344,8 +347,12 @@ def _existing(store: Path) -> Path:
 
 async def _quarantine(args: argparse.Namespace) -> int:
     if args.action == "replay":
-        _write_json("-", await _retry_quarantined(_existing(args.store), args.id, args.output,
-                                                  args.max_bytes))
+        summary = await _retry_quarantined(_existing(args.store), args.id, args.output,
+                                           args.max_bytes)
+        if args.output == "-":  # after the events, the summary would break their JSON Lines
+            sys.stderr.write(json.dumps(summary, indent=2) + "\n")
+        else:
+            _write_json("-", summary)
         return 0
     async with await Store.open(_existing(args.store)) as store:
         if args.action == "list":

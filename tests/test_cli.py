@@ -56,6 +56,18 @@ def test_replay_ends_with_a_line_of_counts_in_its_log(
     assert last["seconds"] > 0
 
 
+def test_the_summary_and_the_events_cannot_share_stdout(tmp_path: Path) -> None:
+    """Until stop 19 the indented summary followed the events on stdout, and a consumer of
+    the JSON Lines met a line it could not parse."""
+    result = run_cli("replay", str(FIXTURES), "--summary", "-", check=False)
+    assert result.returncode == 2
+    assert "would share stdout" in result.stderr
+    assert result.stdout == ""
+    result = run_cli("replay", str(FIXTURES), "--summary", "-", "--output",
+                     str(tmp_path / "out.jsonl"))
+    assert json.loads(result.stdout)["messages"] == 5
+
+
 def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("replay", str(tmp_path / "nowhere"), check=False)
     assert result.returncode == 2

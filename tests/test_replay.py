@@ -131,6 +131,14 @@ def test_quarantine_list_show_and_replay_after_a_fix(tmp_path: Path) -> None:
     again = run_cli("quarantine", "replay", "--store", str(store), "--max-bytes", "1048576",
                     "--output", str(tmp_path / "o2.jsonl")).stdout
     assert json.loads(again)["emitted"] == 1
+    # events on stdout: the summary on stderr, so that stdout stays JSON Lines
+    other = tmp_path / "other.db"
+    run_cli("replay", str(FIXTURES), "--store", str(other), "--output", str(tmp_path / "o3"),
+            "--max-bytes", "200")  # every message refused
+    both = run_cli("quarantine", "replay", "--store", str(other), "--max-bytes", "1048576")
+    events = [json.loads(line)["event_type"] for line in both.stdout.splitlines()]
+    assert events == ["rejected", "case_linked"]
+    assert json.loads(both.stderr[both.stderr.index("{\n"):])["emitted"] == 1
     assert run_cli("quarantine", "list", "--store", str(store)).stdout == ""
     # the event says when the message first came, not when it was retried
     event, link = read_jsonl(tmp_path / "o2.jsonl")

@@ -53,6 +53,34 @@ class StoreError(Exception):
     """The store cannot be opened or written; the original error is chained."""
 
 
+SQLITE_HEADER: Final = b"SQLite format 3\x00"
+
+
+def _refuse_foreign(path: Path) -> None:
+    """An existing file that is not an aes-gateway store is left as it is. Until stop 19 a
+    mistyped `--store` naming some other file was made mode 0600 and given -wal and -shm
+    files; another application's SQLite database also got the gateway's tables."""
+    try:
+        with path.open("rb") as existing:
+            header = existing.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    if not header:  # empty: a store created and not yet written, or a fresh file to use
+        return
+    if header != SQLITE_HEADER:
+        raise StoreError(f"{str(path)!r} is not an aes-gateway store (not a SQLite database);"
+                         " it was left as it is")
+    reader = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = {row[0] for row in reader.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        reader.close()
+    if tables and "meta" not in tables:  # every store has had `meta` since schema 1
+        raise StoreError(f"{str(path)!r} is a SQLite database, but not an aes-gateway store "
+                         f"(tables {', '.join(sorted(tables)[:5])}); it was left as it is")
+
+
 def _create_private(path: Path) -> None:
     """Create the store file (and its WAL companions) readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +182,7 @@ class Store:
         path = Path(path)
         claimed = conn = None
         try:
+            _refuse_foreign(path)
             _create_private(path)
             claimed = _claim(path) if claim else None
             conn = await aiosqlite.connect(path, isolation_level=None)
@@ -175,7 +204,7 @@ class Store:
                     await conn.close()
             if claimed is not None:
                 os.close(claimed)
-            if isinstance(exc, OSError | aiosqlite.Error):
+            if isinstance(exc, OSError | aiosqlite.Error | sqlite3.Error):
                 raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
             raise
         store = cls(conn, path)

@@ -111,8 +111,35 @@ def test_a_store_that_cannot_be_used_is_a_clear_error_and_an_exit(
         db.close()
     result = run_cli("report", "--store", str(path), check=False, timeout=30)
     assert result.returncode == 2
-    assert ("file is not a database" if store == "not a database"
+    assert ("is not an aes-gateway store (not a SQLite database)" if store == "not a database"
             else "written by a newer aes-gateway (schema 99") in result.stderr
+
+
+@pytest.mark.parametrize("command", ["report", "purge", "replay", "quarantine"])
+@pytest.mark.parametrize("kind", ["text", "another application's SQLite database"])
+def test_a_file_that_is_not_a_store_is_left_as_it_is(
+    tmp_path: Path, command: str, kind: str
+) -> None:
+    """A `--store` naming some other file: until stop 19 it was made mode 0600 and given -wal
+    and -shm files beside it, and another application's database got the gateway's tables."""
+    path = tmp_path / "other.file"
+    if kind == "text":
+        path.write_text("notes\n")
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (name TEXT)")
+        db.close()
+    path.chmod(0o644)
+    before = path.read_bytes()
+    args = {"report": ["report"], "purge": ["purge"], "quarantine": ["quarantine", "list"],
+            "replay": ["replay", str(FIXTURES), "--output", os.devnull]}[command]
+    result = run_cli(*args, "--store", str(path), check=False, timeout=30)
+    assert result.returncode == 2
+    assert "not an aes-gateway store" in result.stderr
+    assert "it was left as it is" in result.stderr
+    assert path.read_bytes() == before
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.file"]
 
 
 def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path) -> None:

@@ -325,11 +325,16 @@ async def _replay(args: argparse.Namespace) -> int:
 def _simulate(outdir: Path, cases: int, seed: int, bad_share: float) -> dict[str, object]:
     if cases < 1:
         raise UsageError("--cases must be at least 1")
+    old = sorted(outdir.glob("*.xml")) if outdir.is_dir() else []
+    if old and not (outdir / "answer-key.json").exists():
+        # not an earlier simulation's: perhaps a real capture, which must never be deleted
+        raise UsageError(f"{str(outdir)!r} holds {len(old)} *.xml files that simulate did not "
+                         "write (no answer-key.json); give an empty or new directory")
     sim = simulate(cases, seed, bad_share)
     outdir.mkdir(parents=True, exist_ok=True)
     width = len(str(len(sim.messages)))
-    for old in outdir.glob("*.xml"):
-        old.unlink()
+    for earlier in old:  # an earlier simulation's, replaced
+        earlier.unlink()
     for index, message in enumerate(sim.messages, start=1):
         (outdir / f"{index:0{max(width, 6)}d}.xml").write_bytes(message.body)
     key = sim.answer_key()

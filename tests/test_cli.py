@@ -68,6 +68,23 @@ def test_the_summary_and_the_events_cannot_share_stdout(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["messages"] == 5
 
 
+def test_simulate_never_deletes_messages_it_did_not_write(tmp_path: Path) -> None:
+    """simulate replaces an earlier simulation's files. Until stop 19 it deleted every *.xml
+    in the directory it was given: a real capture too."""
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    (capture / "000001.xml").write_bytes(b"<real/>")
+    result = run_cli("simulate", str(capture), "--cases", "5", check=False)
+    assert result.returncode == 2
+    assert "holds 1 *.xml files that simulate did not write" in result.stderr
+    assert [p.name for p in capture.iterdir()] == ["000001.xml"]
+    assert (capture / "000001.xml").read_bytes() == b"<real/>"
+    run_cli("simulate", str(tmp_path / "sim"), "--cases", "20", "--seed", "1")
+    first = len(list((tmp_path / "sim").glob("*.xml")))
+    run_cli("simulate", str(tmp_path / "sim"), "--cases", "5", "--seed", "1")  # replaced
+    assert 0 < len(list((tmp_path / "sim").glob("*.xml"))) < first
+
+
 def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli("replay", str(tmp_path / "nowhere"), check=False)
     assert result.returncode == 2

@@ -25,7 +25,7 @@ from gateway import canonical, config, logs, report
 from gateway.correlate import DEFAULT_PAIR_WINDOW_HOURS, DEFAULT_TOLERANCE_S
 from gateway.decide import Prepared, prepare
 from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, version
 from gateway.model import RawMessage
 from gateway.privacy import mask_message
 from gateway.replay import DEFAULT_PAIR_WINDOW_S, replay
@@ -71,7 +71,12 @@ def _share(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aes-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="aes-gateway",
+        description="SF0741 case events from AES in both versions (2.2 and 3.0) in; one "
+                    "deduplicated canonical stream out. Exit 0 on success, 2 on usage or I/O "
+                    "errors.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("replay", help="decide message files into a store and emit JSON Lines")

@@ -73,7 +73,7 @@ class Metrics:
         self.throttled = Gauge("aes_gateway_intake_throttled",
                                "1 while a lagging sink holds the intake back", registry=registry)
         Info("aes_gateway_build", "Version of aes-gateway", registry=registry).info(
-            {"version": _version()})
+            {"version": version()})
         self._zero()
 
     def _zero(self) -> None:
@@ -118,7 +118,8 @@ class Metrics:
             self.pairs.labels(outcome).inc(count)
 
 
-def _version() -> str:
+def version() -> str:
+    """The installed aes-gateway's version (`--version`, `aes_gateway_build_info`)."""
     try:
         return metadata.version("aes-gateway")
     except metadata.PackageNotFoundError:

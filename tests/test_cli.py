@@ -30,6 +30,13 @@ def test_schema_is_generated_from_the_model() -> None:
         "decision_date", "certificate", "description", "provenance"}
 
 
+def test_version_names_the_installed_release() -> None:
+    """A bug report (an `internal_error`, say) needs it; until stop 19 there was no --version."""
+    from importlib import metadata
+
+    assert run_cli("--version").stdout == f"aes-gateway {metadata.version('aes-gateway')}\n"
+
+
 def test_replay_writes_events_and_summary(tmp_path: Path) -> None:
     result = run_cli("replay", str(FIXTURES), "--summary", str(tmp_path / "summary.json"))
     lines = result.stdout.splitlines()

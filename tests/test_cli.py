@@ -37,6 +37,25 @@ def test_version_names_the_installed_release() -> None:
     assert run_cli("--version").stdout == f"aes-gateway {metadata.version('aes-gateway')}\n"
 
 
+def test_every_command_and_option_says_what_it_is_in_its_help() -> None:
+    """Until stop 19 `--help` opened with the module's docstring for developers, and half the
+    options (`purge --retention-days`, `report --format` ...) had no word nor default."""
+    import argparse
+
+    from gateway.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    unexplained = [
+        f"{name} {action.dest}"
+        for name, command in commands.choices.items()
+        for action in command._actions
+        if not action.help and not action.choices and action.dest != "help"
+    ]
+    assert unexplained == []
+    assert {a.dest for a in commands._choices_actions if a.help} == set(commands.choices)
+
+
 def test_replay_writes_events_and_summary(tmp_path: Path) -> None:
     result = run_cli("replay", str(FIXTURES), "--summary", str(tmp_path / "summary.json"))
     lines = result.stdout.splitlines()

@@ -36,6 +36,8 @@ def one_input(data: bytes) -> None:
     (result,), _ = decide_batch([item], CorrelationState(), DEFAULT_TOLERANCE_S)
     if result.outcome is None:  # every input must have an outcome
         raise AssertionError("no outcome")
+    if result.reason == "internal_error":  # prepare caught an exception of the parser
+        raise AssertionError(f"the parser raised: {result.detail}")
 
 
 def main() -> None:

@@ -40,15 +40,23 @@ READER = EnvelopeReader()
 VALID = [h.v22_inline(h.record()), h.v22_base64(h.record()), h.v30_inline(h.v30_xml()),
          h.v30_base64(h.v30_xml()), (ROOT / "tests/fixtures/v30-push-body.xml").read_bytes()]
 outcomes: Counter[str] = Counter()
-slowest = [0.0]
+slowest: list[tuple[float, bytes]] = [(0.0, b"")]  # seconds, input
 
 
 def decide(body: bytes) -> None:
     started = time.perf_counter()
     item = prepare(h.raw(body), READER)
     (result,), _ = decide_batch([item], CorrelationState(), DEFAULT_TOLERANCE_S)
-    slowest[0] = max(slowest[0], time.perf_counter() - started)
+    took = time.perf_counter() - started
+    if took > slowest[0][0]:
+        slowest[0] = (took, body)
     outcomes[result.reason.value if result.reason else result.outcome.value] += 1
+
+
+def _timed(body: bytes) -> float:
+    started = time.perf_counter()
+    decide_batch([prepare(h.raw(body), READER)], CorrelationState(), DEFAULT_TOLERANCE_S)
+    return time.perf_counter() - started
 
 
 def mutated(draw: st.DrawFn) -> bytes:
@@ -121,13 +129,18 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     total = sum(outcomes.values())
-    print(f"inputs {total} in {elapsed:.0f} s; slowest {slowest[0] * 1000:.1f} ms; "
+    # The slowest input timed again on its own: in the run, a garbage collection of the
+    # objects hypothesis keeps can land on any input (up to 0.8 s seen for a 4-byte input).
+    took, body = slowest[0]
+    alone = min(_timed(body) for _ in range(3))
+    print(f"inputs {total} in {elapsed:.0f} s; slowest {took * 1000:.1f} ms in the run, "
+          f"{alone * 1000:.2f} ms on its own ({len(body)} bytes); "
           f"peak RSS {rss_before // 1024} -> {rss_after // 1024} MB")
     for outcome, count in outcomes.most_common():
         print(f"  {outcome:<28}{count:8d}")
     # prepare quarantines a parser's exception as internal_error, so that live traffic goes on:
     # here it is a crash
-    clean = slowest[0] < 1.0 and not outcomes["internal_error"]
+    clean = alone < 1.0 and not outcomes["internal_error"]
     if args.atheris:
         clean = run_atheris(args.atheris) and clean
     return 0 if clean else 1

@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="aes-gateway",
         description="SF0741 case events from AES in both versions (2.2 and 3.0) in; one "
                     "deduplicated canonical stream out. Exit 0 on success, 2 on usage or I/O "
-                    "errors.")
+                    "errors, 1 on a failure of aes-gateway itself (logged, to be reported).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_replay(sub)
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 128 + signal.SIGPIPE
     except (UsageError, InputError, StoreError, config.ConfigError, OSError) as exc:
-        print(f"aes-gateway: error: {exc}", file=sys.stderr)
+        print(f"aes-gateway: error: {logs.mask(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if deciding:
@@ -197,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"aes-gateway: {INTERRUPTED_TEMPORARY if temporary else INTERRUPTED}",
                   file=sys.stderr)
         return 128 + (terminated[0] if terminated else signal.SIGINT)
+    except Exception:  # a bug: Python's own traceback would be plain text, any CPR unmasked
+        log.critical("aes-gateway %s failed; please report this line (aes-gateway %s)",
+                     args.command, version(), exc_info=True)
+        return 1
 
 
 def _dispatch_at_once(args: argparse.Namespace) -> int | None:

@@ -56,6 +56,24 @@ def test_every_command_and_option_says_what_it_is_in_its_help() -> None:
     assert {a.dest for a in commands._choices_actions if a.help} == set(commands.choices)
 
 
+def test_an_unexpected_failure_is_logged_as_json_with_the_cpr_masked() -> None:
+    """Until stop 19 a bug's exception left main() as Python's plain traceback, with any CPR
+    in its message as it was."""
+    code = ("import sys, gateway.cli as c\n"
+            "def fail(args): raise RuntimeError('record 1401851234 broke it')\n"
+            "c._dispatch_at_once = fail\n"
+            "sys.exit(c.main(['schema']))\n")
+    result = subprocess.run([CLI[0], "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60, check=False)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["level"] == "critical"
+    assert logged["msg"].startswith("aes-gateway schema failed; please report this line")
+    assert "140185-****" in line
+    assert "1401851234" not in line
+
+
 def test_replay_writes_events_and_summary(tmp_path: Path) -> None:
     result = run_cli("replay", str(FIXTURES), "--summary", str(tmp_path / "summary.json"))
     lines = result.stdout.splitlines()

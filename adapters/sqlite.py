@@ -81,6 +81,15 @@ def _refuse_foreign(path: Path) -> None:
                          f"(tables {', '.join(sorted(tables)[:5])}); it was left as it is")
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file a path names, as (device, inode); None when it names none."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def _create_private(path: Path) -> None:
     """Create the store file (and its WAL companions) readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +164,7 @@ class Store:
         self._retrying: dict[RawMessage, list[QuarantineRow]] = {}  # by the message retried
         self._retrying_keys: set[str] = set()  # their message keys
         self._claimed: int | None = None  # the lock file's descriptor, if this one decides
+        self._identity = _identity(path)  # the file opened: see _still_the_file
 
     async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """`job` on the store's thread in one trip, under the lock. A batch's statements go
@@ -251,9 +261,14 @@ class Store:
         retrying = self._retrying
         raws = [p.raw for p in batch if p.raw in retrying] if retrying else []
         retried = [row for raw in raws for row in retrying[raw]]
+
+        def work(db: sqlite3.Connection) -> list[OutboxRow]:
+            rows = batch_sql.write(db, batch, results, effects, now, retried)
+            self._still_the_file()  # before the COMMIT: else rolled back, nothing acknowledged
+            return rows
+
         try:
-            rows = await self._transaction(
-                lambda db: batch_sql.write(db, batch, results, effects, now, retried))
+            rows = await self._transaction(work)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot commit batch: {exc}") from exc
         for raw in raws:
@@ -376,6 +391,18 @@ class Store:
                 db.execute("PRAGMA temp_store=MEMORY")
 
         return await self._run(build)
+
+    def _still_the_file(self) -> None:
+        """StoreError if the store's path no longer names the file this connection writes.
+        Deleted (a cleanup, a wrong `rm`) or replaced, the file open here lives on unnamed,
+        and what is committed to it is gone at the next start: until stop 19 the gateway
+        went on acknowledging messages into it."""
+        if _identity(self.path) != self._identity:
+            raise StoreError(
+                f"the store file {str(self.path)!r} was deleted or replaced while in use: "
+                "nothing more is acknowledged. Until the gateway stops, the file it was "
+                f"writing can be copied from /proc/{os.getpid()}/fd (the link ending in "
+                "'(deleted)'); stop the gateway, put the store back, and start it again")
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())

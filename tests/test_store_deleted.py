@@ -1,0 +1,82 @@
+"""A store file deleted or replaced under a running gateway: nothing more is acknowledged.
+
+Until stop 19 the gateway went on committing to the file it had open, which lived on unnamed,
+and acknowledging the messages: all of it gone at the next start. The commit now checks that
+the store's path still names the file it writes, before its COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from adapters.push import PushReceiver
+from adapters.sqlite import Store, StoreError
+from gateway import config as cfg
+from gateway.correlate import CorrelationState
+from gateway.decide import batch_keys, decide_batch, prepare
+from gateway.envelope import EnvelopeReader
+from gateway.pipeline import Pipeline
+from gateway.ports import Delivery
+from gateway.service import Service
+from tests import helpers as h
+from tests.test_push import PUSH_BODY, free_port, post, status_code, when_up
+
+
+async def commit_one(store: Store, body: bytes) -> None:
+    batch = [prepare(h.raw(body), EnvelopeReader())]
+    state: CorrelationState = await store.load_state(batch_keys(batch))
+    results, effects = decide_batch(batch, state, 120)
+    await store.commit(batch, results, effects)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_commit_into_a_store_deleted_or_replaced_fails_and_keeps_nothing(
+    tmp_path: Path, how: str
+) -> None:
+    path = tmp_path / "g.db"
+
+    async def scenario() -> tuple[int, int]:
+        async with await Store.open(path, claim=True) as store:
+            await commit_one(store, h.v22_inline(h.record()))
+            before = len(await store.outbox_after(0, 100))
+            if how == "deleted":
+                path.unlink()
+            else:
+                (tmp_path / "other.db").write_bytes(b"")
+                os.replace(tmp_path / "other.db", path)
+            another = h.v30_xml(number="AES-2022-9", legacy=None, ref=str(uuid.uuid4()))
+            with pytest.raises(StoreError, match="was deleted or replaced while in use"):
+                await commit_one(store, h.v30_inline(another))  # a new event
+            return before, len(await store.outbox_after(0, 100))
+
+    before, after = asyncio.run(scenario())
+    assert before >= 1
+    assert after == before, "the failed batch was rolled back"
+
+
+def test_push_is_answered_40_once_the_store_is_deleted(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int, bool]:
+        intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=10)
+        store = await Store.open(tmp_path / "g.db", claim=True)
+        port = free_port()
+        receiver = PushReceiver(cfg.PushSource(listen=f"127.0.0.1:{port}"), intake, 1 << 20)
+        service = Service(Pipeline(store), intake, [receiver], [], closers=[store.close])
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        url = f"http://127.0.0.1:{port}/"
+        first = await when_up(lambda: post(url, h.v22_inline(h.record())))
+        (tmp_path / "g.db").unlink()
+        second = await post(url, PUSH_BODY)
+        ready = service.ready
+        stop.set()
+        await task
+        return status_code(first), status_code(second), ready
+
+    first, second, ready = asyncio.run(scenario())
+    assert (first, second) == (20, 40)
+    assert not ready

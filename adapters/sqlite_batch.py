@@ -144,6 +144,15 @@ def write(
         db.executemany("DELETE FROM messages WHERE message_key = ? AND outcome = 'quarantined'",
                        [(row.message_key,) for row in retried])
         db.executemany("DELETE FROM quarantine WHERE id = ?", [(row.seq,) for row in retried])
+    _write_outcomes(db, batch, results)
+    _write_events(db, effects, now)
+    return _write_outbox(db, effects, now) if effects.output else []
+
+
+def _write_outcomes(
+    db: sqlite3.Connection, batch: Sequence[Prepared], results: Sequence[Result]
+) -> None:
+    """Every message's outcome, and the quarantined ones' bodies and reasons."""
     db.executemany(
         "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
         [
@@ -162,6 +171,10 @@ def write(
             if r.outcome is _QUARANTINED
         ],
     )
+
+
+def _write_events(db: sqlite3.Connection, effects: Effects, now: int) -> None:
+    """New and updated events, new links, and the links the batch used."""
     db.executemany(
         f"INSERT INTO events ({', '.join(EVENT_COLUMNS[:-1])}, accepted_at) "
         f"VALUES ({placeholders(EVENT_COLUMNS)})",
@@ -185,8 +198,10 @@ def write(
         "UPDATE links SET learned_at = ? WHERE legacy_case_id = ? AND learned_at < ?",
         [(now, legacy, now - LINK_TOUCH_AFTER_S) for legacy in effects.used_links],
     )
-    if not effects.output:
-        return []
+
+
+def _write_outbox(db: sqlite3.Connection, effects: Effects, now: int) -> list[OutboxRow]:
+    """The canonical events, encoded once, in acceptance order."""
     # Sequence numbers given explicitly, after the highest ever used (AUTOINCREMENT keeps it
     # in sqlite_sequence, purged rows included), so that the rows are known as stored.
     first = int(db.execute(HIGHEST_OUTBOX_SEQ).fetchone()[0]) + 1

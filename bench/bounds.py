@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from adapters.files import list_inputs, prepared_batches  # noqa: E402
 from bench.replay import parse_only, simulated_inbox  # noqa: E402
 from gateway import canonical  # noqa: E402
-from gateway.cli import DEFAULT_BATCH, parse_workers, run_replay  # noqa: E402
+from gateway.cli import parse_workers, run_replay  # noqa: E402
+from gateway.cli_args import DEFAULT_BATCH  # noqa: E402
 from gateway.correlate import DEFAULT_TOLERANCE_S, CorrelationState  # noqa: E402
 from gateway.decide import Prepared, decide_batch  # noqa: E402
 from gateway.envelope import DEFAULT_MAX_BYTES  # noqa: E402

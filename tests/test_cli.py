@@ -42,9 +42,9 @@ def test_every_command_and_option_says_what_it_is_in_its_help() -> None:
     options (`purge --retention-days`, `report --format` ...) had no word nor default."""
     import argparse
 
-    from gateway.cli import _parser
+    from gateway.cli_args import build_parser
 
-    parser = _parser()
+    parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     unexplained = [
         f"{name} {action.dest}"

@@ -49,7 +49,11 @@ def _relays(
     """The relays feeding one configured sink, and how to close it."""
     if isinstance(spec, cfg.JsonlSink):
         jsonl = JsonlSink(spec.path, name=cfg.sink_name(spec), rotate_bytes=spec.rotate_bytes)
-        jsonl.open(truncate=False)
+        try:
+            jsonl.open(truncate=False)
+        except OSError as exc:  # said with the sink it is about, not just the bare path
+            raise OSError(f"sink {jsonl.name}: cannot open {spec.path!r}: "
+                          f"{exc.strerror or exc}") from exc
 
         async def close_file() -> None:
             jsonl.close()
@@ -159,6 +163,9 @@ async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRun
     host, _, port = listen.rpartition(":")
     try:
         await web.TCPSite(runner, host or None, int(port)).start()
+    except OSError as exc:  # said with the setting it is about
+        await runner.cleanup()
+        raise OSError(f"[http] listen {listen}: {exc.strerror or exc}") from exc
     except BaseException:
         await runner.cleanup()
         raise

@@ -237,7 +237,9 @@ def test_run_exits_when_it_cannot_come_up(tmp_path: Path, failure: str) -> None:
         result = run_cli("run", "--config", str(config), check=False, timeout=30)
     assert result.returncode == 2
     assert ("address already in use" if failure == "http port taken"
-            else "Is a directory") in result.stderr
+            else f"sink jsonl:{tmp_path / 'out.jsonl'}: cannot open") in result.stderr
+    if failure == "http port taken":  # said with the setting it is about
+        assert f"[http] listen 127.0.0.1:{port}" in result.stderr
 
 
 def test_a_file_name_that_is_not_utf8_is_quarantined_not_a_crash(tmp_path: Path) -> None:

@@ -136,9 +136,14 @@ def _write_json(target: str, data: object) -> None:
         Path(target).write_text(text, encoding="utf-8")
 
 
+PROGRESS_LOG_EVERY_S = 30.0  # replay's progress in the log, when stderr is no terminal
+
+
 class _ProgressBar:
     """A bar on the last line of a terminal; log lines (a quarantined message's) scroll past
-    above it instead of running into it."""
+    above it instead of running into it. With no terminal (a service, cron, a pipe) the
+    progress is a log line every PROGRESS_LOG_EVERY_S instead: a replay of millions takes
+    minutes, and said nothing until its end."""
 
     def __init__(self, total: int) -> None:
         self.total = max(total, 1)
@@ -147,6 +152,7 @@ class _ProgressBar:
         self._handler = logs.handler() if self.enabled else None
         if self._handler is not None:
             self._handler.status = self.line
+        self._started = self._logged_at = time.monotonic()
 
     def line(self) -> str:
         width = 40
@@ -158,6 +164,14 @@ class _ProgressBar:
         if self.enabled:
             sys.stderr.write(self.line())
             sys.stderr.flush()
+            return
+        now = time.monotonic()
+        if now - self._logged_at >= PROGRESS_LOG_EVERY_S and done < self.total:
+            self._logged_at = now
+            rate = done / max(now - self._started, 1e-9)
+            log.info("replay: %d of %d messages (%.1f %%), %.0f msg/s", done, self.total,
+                     100 * done / self.total, rate,
+                     extra={"messages": done, "total": self.total, "rate": round(rate)})
 
     def close(self) -> None:
         if self._handler is not None:

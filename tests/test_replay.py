@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import re
 import sqlite3
 import stat
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters.sqlite import Store
+from gateway import cli
 from gateway.cli import _simulate, run_replay
 from tests.conftest import read_jsonl, run_cli
 from tests.helpers import replayed_store
@@ -243,3 +245,21 @@ def test_batch_boundaries_change_nothing(
     assert summaries[0] == summaries[1] == summaries[2]
     assert outputs[0] == outputs[1] == outputs[2]
     assert len(outputs[0]) > 1000
+
+
+def test_a_replay_without_a_terminal_logs_its_progress(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Under a service manager or cron a replay of millions said nothing for minutes, until
+    `replay done`: the progress bar is drawn only on a terminal."""
+    monkeypatch.setattr(cli, "PROGRESS_LOG_EVERY_S", 0.0)  # 30 s in use
+    inbox, key = simulated
+    with caplog.at_level(logging.INFO, "aes_gateway.cli"):
+        replay([inbox], tmp_path / "s.db", tmp_path / "out.jsonl", batch_size=500)
+    said = [r for r in caplog.records if r.getMessage().startswith("replay: ")]
+    done = [r.messages for r in said]  # type: ignore[attr-defined]
+    assert len(done) >= 3
+    assert done == sorted(done)
+    assert all(0 < d < key["messages"] for d in done)  # type: ignore[operator]
+    assert said[0].getMessage().startswith(f"replay: {done[0]} of {key['messages']} messages (")

@@ -17,7 +17,7 @@ from adapters.amqp import AmqpSink, AmqpSource, plain_connector
 from adapters.files import JsonlSink
 from adapters.mqtt import MqttSink
 from adapters.push import PushReceiver
-from adapters.sqlite import Store
+from adapters.sqlite import Store, StoreError
 from gateway import config as cfg
 from gateway.clock import LiveClock
 from gateway.envelope import EnvelopeReader
@@ -93,9 +93,18 @@ async def _observe(
     window_s = int(config.matching.pair_window_hours * 3600)
     next_close = next_purge = loop.time()
     watch = SourceWatch()
+    files_ok = True
     while True:
         watch.update(service.sources)
         service.pipeline.quarantine_log.close_due()  # a count held back while no batch comes
+        try:  # the store file and its lock, checked at each batch, and here when none comes
+            await store.check_files()
+            files_ok = True
+        except StoreError as exc:
+            service.store_ok = False
+            if files_ok:  # said once; each failing batch says it again
+                log.error("%s", exc)  # noqa: TRY400 - the message is all; no trace needed
+            files_ok = False
         try:
             await _observe_once(service, store, metrics)
         except Exception:  # a metrics pass must never stop the service

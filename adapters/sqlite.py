@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import itertools
+import logging
 import os
 import sqlite3
 from collections import deque
@@ -40,6 +41,7 @@ from gateway.decide import BatchKeys, Prepared, Result
 from gateway.model import RawMessage
 from gateway.ports import OutboxRow
 
+log = logging.getLogger("aes_gateway.store")
 T = TypeVar("T")
 
 BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoints
@@ -403,6 +405,31 @@ class Store:
                 "nothing more is acknowledged. Until the gateway stops, the file it was "
                 f"writing can be copied from /proc/{os.getpid()}/fd (the link ending in "
                 "'(deleted)'); stop the gateway, put the store back, and start it again")
+        self._still_claimed()
+
+    def _still_claimed(self) -> None:
+        """The lock file deleted (taken for a stale one) or replaced: claimed again, or, if
+        another process has claimed the store since, StoreError. Until stop 19 a second
+        gateway could then decide into the same store, and emit twins under two ids."""
+        if self._claimed is None:
+            return
+        held = os.fstat(self._claimed)
+        if _identity(Path(f"{self.path}.lock")) == (held.st_dev, held.st_ino):
+            return
+        try:
+            claimed = _claim(self.path)
+        except StoreError as exc:
+            raise StoreError(f"the store's lock file was deleted or replaced, and {exc}: "
+                             "nothing more is acknowledged here; stop one of them") from None
+        os.close(self._claimed)
+        self._claimed = claimed
+        log.warning("the store's lock file %s.lock was deleted or replaced; claimed again",
+                    self.path)
+
+    async def check_files(self) -> None:
+        """`_still_the_file`, between batches (the service's observer, when no batch comes)."""
+        async with self._lock:
+            self._still_the_file()
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())

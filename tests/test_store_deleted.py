@@ -2,12 +2,14 @@
 
 Until stop 19 the gateway went on committing to the file it had open, which lived on unnamed,
 and acknowledging the messages: all of it gone at the next start. The commit now checks that
-the store's path still names the file it writes, before its COMMIT.
+the store's path still names the file it writes, before its COMMIT; and that its lock file is
+still the one it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from adapters.push import PushReceiver
+from adapters.runtime import run
 from adapters.sqlite import Store, StoreError
 from gateway import config as cfg
 from gateway.correlate import CorrelationState
@@ -24,6 +27,8 @@ from gateway.pipeline import Pipeline
 from gateway.ports import Delivery
 from gateway.service import Service
 from tests import helpers as h
+from tests.brokers import readyz
+from tests.helpers import push_to_jsonl
 from tests.test_push import PUSH_BODY, free_port, post, status_code, when_up
 
 
@@ -80,3 +85,64 @@ def test_push_is_answered_40_once_the_store_is_deleted(tmp_path: Path) -> None:
     first, second, ready = asyncio.run(scenario())
     assert (first, second) == (20, 40)
     assert not ready
+
+
+def test_a_deleted_lock_file_is_claimed_again_or_nothing_more_is_acknowledged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lock file taken for a stale one and deleted: until stop 19 a second gateway could
+    then claim the store and decide into it alongside the first, emitting twins under two
+    ids. Now the first claims it again at its next batch (or its observer's next pass); if
+    another has claimed it since, the first acknowledges nothing more."""
+    path, lock = tmp_path / "g.db", tmp_path / "g.db.lock"
+
+    async def scenario() -> None:
+        async with await Store.open(path, claim=True) as store:
+            lock.unlink()
+            await commit_one(store, h.v22_inline(h.record()))  # claimed again
+            assert lock.read_text() == f"{os.getpid()}\n"
+            with pytest.raises(StoreError, match="in use by another aes-gateway"):
+                await Store.open(path, claim=True)
+            lock.unlink()
+            await store.check_files()  # the observer, with no batch coming
+            assert lock.exists()
+            lock.unlink()
+            second = await Store.open(path, claim=True)  # in the moment before a batch
+            try:
+                with pytest.raises(StoreError, match="lock file was deleted or replaced, and"):
+                    await commit_one(store, h.v30_inline(h.v30_xml(ref=str(uuid.uuid4()))))
+            finally:
+                await second.close()
+
+    with caplog.at_level(logging.WARNING, "aes_gateway.store"):
+        asyncio.run(scenario())
+    assert sum("claimed again" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_an_idle_gateway_notices_its_store_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no batch coming, the observer's pass (every 5 s) looks: /readyz turns 503, and
+    the error is logged once."""
+    http = free_port()
+    config = cfg.parse(push_to_jsonl(tmp_path, free_port())
+                       + f'[http]\nlisten = "127.0.0.1:{http}"\n')
+
+    async def scenario() -> list[int]:
+        stop = asyncio.Event()
+        service = asyncio.create_task(run(config, stop=stop))
+        seen = [(await when_up(lambda: readyz(http)))[0]]
+        (tmp_path / "g.db").unlink()
+        for _ in range(80):  # up to 8 s: the observer looks every 5 s
+            await asyncio.sleep(0.1)
+            if (await readyz(http))[0] == 503:
+                break
+        seen.append((await readyz(http))[0])
+        stop.set()
+        await service
+        return seen
+
+    with caplog.at_level(logging.ERROR, "aes_gateway.runtime"):
+        assert asyncio.run(scenario()) == [200, 503]
+    said = [r.getMessage() for r in caplog.records if "was deleted or replaced" in r.getMessage()]
+    assert len(said) == 1

@@ -259,10 +259,14 @@ class JsonlSink:
     line it could not parse.
     """
 
-    def __init__(self, target: str, name: str = "jsonl", rotate_bytes: int = 0) -> None:
+    def __init__(
+        self, target: str, name: str = "jsonl", rotate_bytes: int = 0, mode: int | None = None
+    ) -> None:
         self.name = name
         self.target = target
         self.rotate_bytes = rotate_bytes  # past this size the file is renamed and begun anew
+        # each file's, whatever the umask; None: a new file 0600, an existing one as it is
+        self.mode = mode
         self._stream: IO[bytes] | None = None
         self._size = 0
         self._identity: tuple[int, int] | None = None  # (device, inode): None for no file
@@ -278,6 +282,8 @@ class JsonlSink:
         descriptor = os.open(path, flags, 0o600)
         status = os.fstat(descriptor)
         regular = stat.S_ISREG(status.st_mode)
+        if regular and self.mode is not None and stat.S_IMODE(status.st_mode) != self.mode:
+            os.fchmod(descriptor, self.mode)  # the configured mode, the umask notwithstanding
         # unbuffered: a failed write leaves nothing behind in a buffer to be written later
         self._stream = os.fdopen(descriptor, "wb", buffering=0 if regular else -1)
         self._size = status.st_size

@@ -48,7 +48,8 @@ def _relays(
 ) -> tuple[list[Relay], Callable[[], Awaitable[None]]]:
     """The relays feeding one configured sink, and how to close it."""
     if isinstance(spec, cfg.JsonlSink):
-        jsonl = JsonlSink(spec.path, name=cfg.sink_name(spec), rotate_bytes=spec.rotate_bytes)
+        jsonl = JsonlSink(spec.path, name=cfg.sink_name(spec), rotate_bytes=spec.rotate_bytes,
+                          mode=spec.file_mode())
         try:
             jsonl.open(truncate=False)
         except OSError as exc:  # said with the sink it is about, not just the bare path

@@ -108,6 +108,13 @@ class MqttSink(SinkCommon, tag_field="type", tag="mqtt", kw_only=True):
 class JsonlSink(SinkCommon, tag_field="type", tag="jsonl", kw_only=True):
     path: str
     rotate_bytes: int = 100 * 1024 * 1024  # start a new file past this size; 0: never
+    # Each file's permissions, set whatever the umask, on the file found at start and each
+    # one begun at rotation: "0640" lets a consumer's group read it. Never any for others: the
+    # events name people. Unset: a new file is made 0600, an existing one keeps its own.
+    mode: str | None = None
+
+    def file_mode(self) -> int | None:
+        return None if self.mode is None else int(self.mode, 8)
 
 
 def sink_name(sink: AmqpSink | MqttSink | JsonlSink) -> str:
@@ -287,11 +294,24 @@ def _validate(config: Config) -> None:
                               "characters: use a random one, e.g. `openssl rand -hex 32`")
         if sink.max_backlog < 1:
             raise ConfigError(f"sinks[{index}].max_backlog must be at least 1")
+        if isinstance(sink, JsonlSink) and sink.mode is not None:
+            _validate_mode(f"sinks[{index}].mode", sink.mode)
     names = [sink_name(sink) for sink in config.sinks]
     for index, name in enumerate(names):
         if name in names[:index]:
             raise ConfigError(f"sinks[{names.index(name)}] and sinks[{index}] are the same "
                               f"destination ({name}): give it one sink")
+
+
+def _validate_mode(where: str, mode: str) -> None:
+    """An octal file mode for the owner and a group: a file of events is never for others."""
+    if not re.fullmatch(r"0?[0-7]{3}", mode):
+        raise ConfigError(f"{where} {mode!r} is not an octal file mode such as '0640'")
+    if int(mode, 8) & 0o007:
+        raise ConfigError(f"{where} {mode!r} gives others access to the events, which name "
+                          "people: give the readers a group (e.g. '0640')")
+    if not int(mode, 8) & 0o200:
+        raise ConfigError(f"{where} {mode!r} does not let the gateway write the file")
 
 
 def _validate_keeping(store: StoreConfig, matching: MatchingConfig) -> None:
@@ -367,7 +387,9 @@ def explain(config: Config) -> list[str]:
         else:  # absolute, as the store's: the file a gateway started here writes
             rotate = (f"a new file past {sink.rotate_bytes / 2**20:g} MiB"
                       if sink.rotate_bytes else "never rotated")
-            what = f"JSON Lines file {os.path.abspath(sink.path)} ({rotate})"
+            mode = sink.file_mode()
+            permissions = "new files 0600" if mode is None else f"mode {mode:04o}"
+            what = f"JSON Lines file {os.path.abspath(sink.path)} ({permissions}, {rotate})"
         lines.append(f"sink: {what}, CPR {sink.cpr}")
     lines.append(f"http: {config.http.listen or 'off'}")
     return lines

@@ -127,7 +127,26 @@ def test_config_check_explains_without_showing_passwords(tmp_path: Path) -> None
     assert "guest:***@" in out
     # a relative store path is shown as the file it names: the one a gateway started here opens
     assert f"store: {ROOT / 'gateway.db'} (" in out
-    assert f"sink: JSON Lines file {ROOT / 'out.jsonl'} (a new file past 100 MiB), CPR full" in out
+    assert (f"sink: JSON Lines file {ROOT / 'out.jsonl'} (new files 0600, a new file past "
+            "100 MiB), CPR full") in out
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"),
+    [("0640", None), ("640", None), ("0600", None),
+     ("0644", "gives others access"), ("0666", "gives others access"),
+     ("0440", "does not let the gateway write"), ("rw-r-----", "not an octal file mode"),
+     ("0800", "not an octal file mode")],
+)
+def test_a_jsonl_sinks_mode_is_for_the_owner_and_a_group_only(mode: str, refused: str) -> None:
+    text = MINIMAL + f'mode = "{mode}"\n'
+    if refused is None:
+        (sink,) = cfg.parse(text).sinks
+        assert isinstance(sink, cfg.JsonlSink)
+        assert sink.file_mode() == int(mode, 8)
+    else:
+        with pytest.raises(cfg.ConfigError, match=refused):
+            cfg.parse(text)
 
 
 def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:

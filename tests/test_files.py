@@ -34,6 +34,36 @@ def test_rotation_by_size_keeps_every_line_once_in_order(tmp_path: Path) -> None
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
 
 
+def test_a_configured_mode_holds_for_every_file_whatever_the_umask(tmp_path: Path) -> None:
+    """A consumer's group reads the events: until stop 19 every file was made 0600, and an
+    operator's `chmod 640` lasted until the next rotation."""
+    existing = tmp_path / "canonical.jsonl"
+    existing.write_text("")
+    existing.chmod(0o600)
+    umask = os.umask(0o077)  # systemd's UMask= in deploy/aes-gateway.service
+    try:
+        sink = JsonlSink(str(existing), rotate_bytes=200, mode=0o640)
+        sink.open(truncate=False)
+        for start in range(0, 60, 10):
+            asyncio.run(sink.send(rows(start, 10)))
+        sink.close()
+    finally:
+        os.umask(umask)
+    files = [*sorted(tmp_path.glob("canonical.*.jsonl")), existing]
+    assert len(files) > 2
+    assert [f.stat().st_mode & 0o777 for f in files] == [0o640] * len(files)
+
+
+def test_without_a_mode_an_existing_file_keeps_its_own(tmp_path: Path) -> None:
+    existing = tmp_path / "out.jsonl"
+    existing.write_text("")
+    existing.chmod(0o640)
+    sink = JsonlSink(str(existing))
+    sink.open(truncate=False)
+    sink.close()
+    assert existing.stat().st_mode & 0o777 == 0o640
+
+
 def test_reopening_appends(tmp_path: Path) -> None:
     for start in (0, 5):
         sink = JsonlSink(str(tmp_path / "out.jsonl"))

@@ -116,6 +116,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
             rows = await store.migration_report()
         if args.format == "json":
             _write_json("-", rows)
+        elif args.format == "csv":
+            sys.stdout.write(report.csv_text(rows))
         else:
             print(report.table(rows))
         return 0

@@ -122,7 +122,7 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     p = sub.add_parser("report", help="the migration report: overlap per month and kommune")
     p.add_argument("--store", type=Path, required=True, help=store_help)
-    p.add_argument("--format", choices=["table", "json"], default="table",
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
                    help="(default: %(default)s)")
 
     p = sub.add_parser("purge", help="delete stored data older than the retention period")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable
 from typing import Final
 
@@ -39,15 +41,26 @@ def build(counts: Iterable[CountRow], lags: Iterable[LagRow]) -> list[dict[str, 
     return [cells[key] for key in sorted(cells)]
 
 
+COLUMNS: Final = ("month", "municipality_code", "events", "first_2_2", "first_3_0", "twins",
+                  "only_2_2", "only_3_0", "lag_p50_s", "lag_p90_s", "lag_p99_s")
+
+
 def table(report: list[dict[str, object]]) -> str:
     header = ("month", "kommune", "events", "first 2.2", "first 3.0", "twins", "only 2.2",
               "only 3.0", "lag p50", "lag p90", "lag p99")
-    keys = ("month", "municipality_code", "events", "first_2_2", "first_3_0", "twins",
-            "only_2_2", "only_3_0", "lag_p50_s", "lag_p90_s", "lag_p99_s")
     lines = ["  ".join(f"{h:>9}" for h in header)]
     for row in report:
-        lines.append("  ".join(f"{_human(row[k]):>9}" for k in keys))
+        lines.append("  ".join(f"{_human(row[k]):>9}" for k in COLUMNS))
     return "\n".join(lines)
+
+
+def csv_text(report: list[dict[str, object]]) -> str:
+    """For a spreadsheet: a header of the JSON keys, a row a cell, an empty field for no lag."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows([("" if row[k] is None else row[k]) for k in COLUMNS] for row in report)
+    return out.getvalue()
 
 
 def _human(value: object) -> str:

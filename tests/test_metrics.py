@@ -84,6 +84,13 @@ def test_migration_report_adds_up_to_the_overlap(
     assert all(r["lag_p50_s"] <= r["lag_p99_s"] for r in rows if r["twins"])
     table = run_cli("report", "--store", str(store)).stdout
     assert table.splitlines()[0].split()[:2] == ["month", "kommune"]
+    # for a spreadsheet: the same cells, a lag that is not there an empty field
+    import csv
+
+    sheet = list(csv.DictReader(run_cli("report", "--store", str(store), "--format",
+                                        "csv").stdout.splitlines()))
+    assert sheet == [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    assert any(not row["twins"] for row in rows)  # a cell without a lag is among them
 
 
 def test_migration_report_equals_a_count_over_every_event(

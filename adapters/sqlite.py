@@ -3,7 +3,8 @@
 One transaction per batch (group commit) holds every outcome of the batch: message ids, events,
 links, the outbox of canonical events and the quarantine. Sources are acknowledged only after it
 commits; sinks are fed from the outbox, each with its own progress. The tables and whole-table
-statements are in sqlite_schema.py, a batch's own statements in sqlite_batch.py.
+statements are in sqlite_schema.py, a batch's own statements in sqlite_batch.py, and the
+handling of its files (private, refused when foreign, claimed, migrated) in sqlite_files.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fcntl
 import itertools
 import logging
 import os
@@ -24,8 +24,10 @@ from typing import Any, Final, TypeVar, cast
 import aiosqlite
 
 from adapters import sqlite_batch as batch_sql
+from adapters import sqlite_files as files
 from adapters.sqlite_batch import SYNC_COMMITS, placeholders
 from adapters.sqlite_batch import QuarantineRow as QuarantineRow  # the Store's, re-exported
+from adapters.sqlite_files import StoreError as StoreError  # the Store's, re-exported
 from adapters.sqlite_schema import (
     HIGHEST_OUTBOX_SEQ,
     PURGE_UP_TO,
@@ -51,98 +53,6 @@ RECENT_OUTBOX_ROWS: Final = 8192
 CLOSE_CHUNK: Final = 5000  # pairing windows closed per statement (15-25 ms of the store)
 
 
-class StoreError(Exception):
-    """The store cannot be opened or written; the original error is chained."""
-
-
-SQLITE_HEADER: Final = b"SQLite format 3\x00"
-
-
-def _refuse_foreign(path: Path) -> None:
-    """An existing file that is not an aes-gateway store is left as it is. Until stop 19 a
-    mistyped `--store` naming some other file was made mode 0600 and given -wal and -shm
-    files; another application's SQLite database also got the gateway's tables."""
-    try:
-        with path.open("rb") as existing:
-            header = existing.read(len(SQLITE_HEADER))
-    except FileNotFoundError:
-        return
-    if not header:  # empty: a store created and not yet written, or a fresh file to use
-        return
-    if header != SQLITE_HEADER:
-        raise StoreError(f"{str(path)!r} is not an aes-gateway store (not a SQLite database);"
-                         " it was left as it is")
-    reader = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        tables = {row[0] for row in reader.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        reader.close()
-    if tables and "meta" not in tables:  # every store has had `meta` since schema 1
-        raise StoreError(f"{str(path)!r} is a SQLite database, but not an aes-gateway store "
-                         f"(tables {', '.join(sorted(tables)[:5])}); it was left as it is")
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """The file a path names, as (device, inode); None when it names none."""
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return status.st_dev, status.st_ino
-
-
-def _create_private(path: Path) -> None:
-    """Create the store file (and its WAL companions) readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-        os.chmod(name, 0o600)
-
-
-def _claim(path: Path) -> int:
-    """The store's lock file (`<store>.lock`), held while this process decides and relays:
-    a second gateway (or replay) on the same store would send every event again to the same
-    sinks, and decide twins at the same moment as new events under two ids. Readers (report,
-    purge, quarantine list) do not claim it. The kernel lets go of it when the process dies."""
-    lock = Path(f"{path}.lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 20).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        raise StoreError(f"store {str(path)!r} is in use by another aes-gateway (pid {holder});"
-                         " one process at a time may decide into a store") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    """Bring a store written by an earlier version up to this schema; refuse a later one."""
-    if await conn.execute_fetchall(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"):
-        found = list(await conn.execute_fetchall(
-            "SELECT value FROM meta WHERE key = 'schema_version'"))
-        if found and int(found[0][0]) > SCHEMA_VERSION:
-            raise StoreError(f"the store was written by a newer aes-gateway (schema "
-                             f"{found[0][0]}; this one knows up to {SCHEMA_VERSION})")
-    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
-    if columns and "pair_closed" not in columns:  # schema 1: pairing windows came later
-        await conn.execute(
-            "ALTER TABLE events ADD COLUMN pair_closed INTEGER NOT NULL DEFAULT 0"
-        )
-    progress = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(sink_progress)")}
-    if progress and "feed" not in progress:  # schema 2: every feed counted as the outbox's
-        await conn.executescript(
-            "ALTER TABLE sink_progress ADD COLUMN feed TEXT NOT NULL DEFAULT 'outbox';"
-            " UPDATE sink_progress SET feed = 'quarantine' WHERE sink LIKE '%:quarantine';"
-            " UPDATE sink_progress SET feed = 'replay-done' WHERE sink = 'replay-output';"
-        )
-
-
 async def on_thread(conn: aiosqlite.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
     """Runs `job` with the sqlite3 connection on aiosqlite's thread, where each of its calls
     runs. aiosqlite has no public call for a function of one's own, so its internal queue is
@@ -166,7 +76,7 @@ class Store:
         self._retrying: dict[RawMessage, list[QuarantineRow]] = {}  # by the message retried
         self._retrying_keys: set[str] = set()  # their message keys
         self._claimed: int | None = None  # the lock file's descriptor, if this one decides
-        self._identity = _identity(path)  # the file opened: see _still_the_file
+        self._identity = files.identity(path)  # the file opened: see _still_the_file
 
     async def _run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """`job` on the store's thread in one trip, under the lock. A batch's statements go
@@ -194,9 +104,9 @@ class Store:
         path = Path(path)
         claimed = conn = None
         try:
-            _refuse_foreign(path)
-            _create_private(path)
-            claimed = _claim(path) if claim else None
+            files.refuse_foreign(path)
+            files.create_private(path)
+            claimed = files.claim(path) if claim else None
             conn = await aiosqlite.connect(path, isolation_level=None)
             await conn.executescript(
                 f"PRAGMA journal_mode=WAL; PRAGMA synchronous={SYNC_COMMITS};"
@@ -204,7 +114,7 @@ class Store:
                 "PRAGMA cache_size=-32768; PRAGMA temp_store=MEMORY;"
                 f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES if bulk else 1000};"
             )
-            await _migrate(conn)
+            await files.migrate(conn)
             await conn.executescript(SCHEMA)
             await conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -399,7 +309,7 @@ class Store:
         Deleted (a cleanup, a wrong `rm`) or replaced, the file open here lives on unnamed,
         and what is committed to it is gone at the next start: until stop 19 the gateway
         went on acknowledging messages into it."""
-        if _identity(self.path) != self._identity:
+        if files.identity(self.path) != self._identity:
             raise StoreError(
                 f"the store file {str(self.path)!r} was deleted or replaced while in use: "
                 "nothing more is acknowledged. Until the gateway stops, the file it was "
@@ -414,10 +324,10 @@ class Store:
         if self._claimed is None:
             return
         held = os.fstat(self._claimed)
-        if _identity(Path(f"{self.path}.lock")) == (held.st_dev, held.st_ino):
+        if files.identity(Path(f"{self.path}.lock")) == (held.st_dev, held.st_ino):
             return
         try:
-            claimed = _claim(self.path)
+            claimed = files.claim(self.path)
         except StoreError as exc:
             raise StoreError(f"the store's lock file was deleted or replaced, and {exc}: "
                              "nothing more is acknowledged here; stop one of them") from None

@@ -324,7 +324,8 @@ class Store:
         if self._claimed is None:
             return
         held = os.fstat(self._claimed)
-        if files.identity(Path(f"{self.path}.lock")) == (held.st_dev, held.st_ino):
+        lock = files.lock_path(self.path)
+        if files.identity(lock) == (held.st_dev, held.st_ino):
             return
         try:
             claimed = files.claim(self.path)
@@ -333,8 +334,7 @@ class Store:
                              "nothing more is acknowledged here; stop one of them") from None
         os.close(self._claimed)
         self._claimed = claimed
-        log.warning("the store's lock file %s.lock was deleted or replaced; claimed again",
-                    self.path)
+        log.warning("the store's lock file %s was deleted or replaced; claimed again", lock)
 
     async def check_files(self) -> None:
         """`_still_the_file`, between batches (the service's observer, when no batch comes)."""

@@ -64,12 +64,17 @@ def create_private(path: Path) -> None:
         os.chmod(name, 0o600)
 
 
+def lock_path(path: Path) -> Path:
+    """`<store>.lock`, beside the store."""
+    return Path(f"{path}.lock")
+
+
 def claim(path: Path) -> int:
     """The store's lock file (`<store>.lock`), held while this process decides and relays:
     a second gateway (or replay) on the same store would send every event again to the same
     sinks, and decide twins at the same moment as new events under two ids. Readers (report,
     purge, quarantine list) do not claim it. The kernel lets go of it when the process dies."""
-    lock = Path(f"{path}.lock")
+    lock = lock_path(path)
     fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

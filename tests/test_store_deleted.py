@@ -32,11 +32,21 @@ from tests.helpers import push_to_jsonl
 from tests.test_push import PUSH_BODY, free_port, post, status_code, when_up
 
 
-async def commit_one(store: Store, body: bytes) -> None:
+async def commit_one(store: Store, body: bytes) -> int:
+    """Decides and commits one message; returns how many events it emits."""
     batch = [prepare(h.raw(body), EnvelopeReader())]
     state: CorrelationState = await store.load_state(batch_keys(batch))
     results, effects = decide_batch(batch, state, 120)
+    emitting = len(effects.output)
     await store.commit(batch, results, effects)
+    return emitting
+
+
+def deleted_file_links(path: Path) -> list[str]:
+    """This process's descriptors that still name `path`, deleted, as the error says."""
+    fds = Path("/proc/self/fd")
+    return [fd.name for fd in fds.iterdir()
+            if os.path.exists(fd) and os.readlink(fd) == f"{path} (deleted)"]
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
@@ -54,10 +64,18 @@ def test_a_commit_into_a_store_deleted_or_replaced_fails_and_keeps_nothing(
             else:
                 (tmp_path / "other.db").write_bytes(b"")
                 os.replace(tmp_path / "other.db", path)
-            another = h.v30_xml(number="AES-2022-9", legacy=None, ref=str(uuid.uuid4()))
-            with pytest.raises(StoreError, match="was deleted or replaced while in use"):
-                await commit_one(store, h.v30_inline(another))  # a new event
-            return before, len(await store.outbox_after(0, 100))
+            # another type of event: a new one, not the first one's twin
+            another = h.v30_xml(type_code="SAG_ANERKENDT", kategori="AENDRING",
+                                number="AES-2022-0000009", legacy=None, ref=str(uuid.uuid4()))
+            with pytest.raises(StoreError, match="was deleted or replaced while in use") as err:
+                await commit_one(store, h.v30_inline(another))
+            assert f"/proc/{os.getpid()}/fd" in str(err.value)
+            if how == "deleted":  # where the error says the file can still be copied from
+                assert deleted_file_links(path)
+            after = len(await store.outbox_after(0, 100))
+            async with await Store.open(tmp_path / "check.db") as check:  # the same batch,
+                assert await commit_one(check, h.v30_inline(another)) == 1  # emitting one
+            return before, after
 
     before, after = asyncio.run(scenario())
     assert before >= 1

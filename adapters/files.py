@@ -179,6 +179,30 @@ def _prepare_files_encoded(paths: Sequence[str], max_bytes: int) -> bytes:
     return pack(_prepare_files(paths, max_bytes))
 
 
+class WorkerBatch(list[Prepared]):
+    """A batch parsed in a worker: its parsed messages crossed without their bodies
+    (workers.pack). Should one of them be quarantined after all (`internal_error` while
+    deciding), `raws` reads its file again, so that the quarantine keeps the body whole for
+    `quarantine replay` after a fix."""
+
+    def __init__(self, batch: list[Prepared], paths: Sequence[str]) -> None:
+        super().__init__(batch)
+        self.paths = paths
+
+    def raws(self) -> list[RawMessage]:
+        raws = []
+        for item, path in zip(self, self.paths, strict=True):
+            if item.raw.body or item.event is None:
+                raws.append(item.raw)
+                continue
+            try:
+                raws.append(RawMessage(_read(path), item.raw.source, item.raw.received_at))
+            except OSError as exc:  # moved since: the quarantine says what it can
+                log.warning("cannot read %r again for its body: %s", path, exc.strerror)
+                raws.append(item.raw)
+        return raws
+
+
 RAMP_FROM: Final = 500  # messages in the first and the last batch
 
 
@@ -223,23 +247,26 @@ async def prepared_batches(
         return
     loop = asyncio.get_running_loop()
     with worker_pool(workers) as pool:
-        slots: deque[asyncio.Future[bytes] | list[Prepared]] = deque()  # in file order
+        # in file order: a batch parsed here, or one coming from a worker, with its paths
+        slots: deque[tuple[asyncio.Future[bytes], Sequence[str]] | list[Prepared]] = deque()
 
         def keep_workers_busy() -> None:  # a few batches queued per worker
-            while chunks and sum(isinstance(s, asyncio.Future) for s in slots) < workers + 2:
+            while chunks and sum(isinstance(s, tuple) for s in slots) < workers + 2:
                 chunk = take()
-                slots.append(loop.run_in_executor(pool, _prepare_files_encoded, chunk, max_bytes))
+                slots.append(
+                    (loop.run_in_executor(pool, _prepare_files_encoded, chunk, max_bytes), chunk))
 
         keep_workers_busy()
         while slots:
             head = slots[0]
-            if isinstance(head, asyncio.Future) and not head.done() and chunks:
+            if isinstance(head, tuple) and not head[0].done() and chunks:
                 # rather than wait: parse a later batch here
                 slots.append(_prepare_files(take(), max_bytes))
                 await asyncio.sleep(0)  # let the worker's result in
                 continue
             slot = slots.popleft()
-            batch = unpack(await slot) if isinstance(slot, asyncio.Future) else slot
+            batch = (WorkerBatch(unpack(await slot[0]), slot[1]) if isinstance(slot, tuple)
+                     else slot)
             keep_workers_busy()
             yield batch
 

@@ -14,7 +14,7 @@ from gateway.correlate import DEFAULT_TOLERANCE_S
 from gateway.decide import Prepared, Result, batch_keys, decide_batch, internal_error, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Outcome
-from gateway.ports import Delivery, Settler, Sink, Store
+from gateway.ports import Delivery, Rereadable, Settler, Sink, Store
 from gateway.workers import ParsePool
 
 log = logging.getLogger("aes_gateway.pipeline")
@@ -94,8 +94,14 @@ class Pipeline:
         decided. A message that fails on its own is quarantined as `internal_error`."""
         log.error("deciding a batch of %d messages failed; deciding them one at a time",
                   len(batch), exc_info=True)
-        # A parsed message crossed from the parse worker without its body: the delivery has it.
-        raws = [d.raw for d in deliveries] if deliveries else [item.raw for item in batch]
+        # A parsed message crossed from the parse worker without its body: the delivery has
+        # it, or, for a replay's file, the file.
+        if deliveries:
+            raws = [d.raw for d in deliveries]
+        elif isinstance(batch, Rereadable):
+            raws = batch.raws()
+        else:
+            raws = [item.raw for item in batch]
         decided: list[Prepared] = []
         results: list[Result] = []
         for item, raw in zip(batch, raws, strict=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -31,6 +31,15 @@ class Delivery(Protocol):
 
     @property
     def settler(self) -> Settler: ...
+
+
+@runtime_checkable
+class Rereadable(Protocol):
+    """A prepared batch that can give its messages' bodies again: one parsed in a worker
+    process crossed without them (workers.pack), and a quarantine must keep a body whole."""
+
+    def raws(self) -> list[RawMessage]:
+        """The batch's messages, bodies and all, in its order."""
 
 
 class Settler(Protocol):

@@ -101,3 +101,28 @@ def test_live_the_batch_is_settled_and_the_body_kept_though_the_worker_sent_none
     assert [r.reason for r in results] == [None, Reason.INTERNAL_ERROR, None, None]
     assert kept == BODIES[1]
     assert (len(settler.settled), settler.failed) == (4, [])
+
+
+def test_replay_keeps_the_body_though_the_worker_sent_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replay's batches come from a parse worker without their bodies, and have no delivery
+    to take one from: until stop 20 the quarantine kept an empty body, and `quarantine
+    replay` after a fix found nothing to decide. The file is read again."""
+    from gateway.cli import run_replay
+
+    monkeypatch.setattr(pipeline_module, "decide_batch", buggy)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for number, body in enumerate(BODIES):
+        (inbox / f"{number:04}.xml").write_bytes(body)
+
+    async def scenario() -> tuple[dict[str, object], bytes]:
+        summary = await run_replay([inbox], tmp_path / "r.db", str(tmp_path / "out.jsonl"),
+                                   workers=1)
+        async with await Store.open(tmp_path / "r.db") as store:
+            return summary, (await store.quarantine_after(0, 10))[0].body
+
+    summary, kept = asyncio.run(scenario())
+    assert summary["quarantined_by_reason"] == {"internal_error": 1}
+    assert kept == BODIES[1]

@@ -319,7 +319,7 @@ class JsonlSink:
         if regular and self._size:
             self._size = _cut_unfinished_line(descriptor, self._size, self.target)
         if created and regular:
-            _sync_directory(path.parent)  # the new name survives a power loss, too
+            sync_directory(path.parent)  # the new name survives a power loss, too
 
     def _rotate(self) -> None:
         """`canonical.jsonl` -> `canonical.<UTC time>.jsonl`, and a new `canonical.jsonl`."""
@@ -397,7 +397,7 @@ def _cut_unfinished_line(descriptor: int, size: int, name: str) -> int:
     return end
 
 
-def _sync_directory(path: Path) -> None:
+def sync_directory(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)

@@ -20,6 +20,7 @@ from typing import Final
 import msgspec
 from prometheus_client import CollectorRegistry, write_to_textfile
 
+from adapters import sqlite_backup
 from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
 from adapters.sqlite import QuarantineRow, Store, StoreError
 from gateway import canonical, config, logs, report
@@ -90,6 +91,9 @@ def _dispatch_at_once(args: argparse.Namespace) -> int | None:
         return 0
     if command == "simulate":
         _simulate(args.outdir, args.cases, args.seed, args.bad_share)
+        return 0
+    if command == "backup":  # the copy is SQLite's, in one step; nothing to wait on
+        _write_json("-", sqlite_backup.backup(_existing(args.store), args.dest))
         return 0
     if command == "config":
         loaded = config.load(args.config)

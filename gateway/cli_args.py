@@ -125,6 +125,11 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--format", choices=["table", "json", "csv"], default="table",
                    help="(default: %(default)s)")
 
+    p = sub.add_parser("backup", help="copy the store consistently, also while the gateway "
+                       "runs")
+    p.add_argument("dest", type=Path, help="the backup's path: a new file, never overwritten")
+    p.add_argument("--store", type=Path, required=True, help=store_help)
+
     p = sub.add_parser("purge", help="delete stored data older than the retention period")
     p.add_argument("--store", type=Path, required=True, help=store_help)
     p.add_argument("--retention-days", type=_at_least(1), default=400,

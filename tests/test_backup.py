@@ -1,0 +1,114 @@
+"""`aes-gateway backup`: a consistent, private, single-file copy of a store, also of one that a
+running replay (or gateway) is writing; a restored copy goes on as the store itself would."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, ROOT, run_cli
+from tests.faults import small_disk
+
+OUTCOMES = "SELECT message_key, outcome, event_id FROM messages ORDER BY message_key"
+
+
+def rows(store: Path, query: str) -> list[tuple[object, ...]]:
+    reader = sqlite3.connect(f"{store.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return reader.execute(query).fetchall()
+    finally:
+        reader.close()
+
+
+def messages_in(store: Path) -> int:
+    try:
+        return int(rows(store, "SELECT COUNT(*) FROM messages")[0][0])  # type: ignore[call-overload]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_a_backup_taken_mid_replay_goes_on_to_the_same_store(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+) -> None:
+    """Taken while a replay commits a message at a time, the backup holds a whole number of
+    its commits: replaying the whole capture into it gives every message the outcome and
+    event id that the uninterrupted store gave it."""
+    inbox, key = simulated
+    total = int(key["messages"])  # type: ignore[call-overload]
+    store, copy = tmp_path / "live.db", tmp_path / "backups" / "copy.db"
+    copy.parent.mkdir()
+    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
+    replay = subprocess.Popen(
+        [*CLI, "replay", str(inbox), "--store", str(store), "--batch-size", "1",
+         "--workers", "0", "--output", str(tmp_path / "live.jsonl")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while messages_in(store) < total // 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        taken = run_cli("backup", str(copy), "--store", str(store))
+    finally:
+        _, errors = replay.communicate(timeout=300)
+    assert replay.returncode == 0, errors
+
+    copied = messages_in(copy)
+    assert 0 < copied < total, "taken while the replay was writing"
+    assert f'"events": {len(rows(copy, "SELECT 1 FROM events"))}' in taken.stdout
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["copy.db"], "one file, no WAL"
+    assert rows(copy, "PRAGMA integrity_check") == [("ok",)]
+
+    run_cli("replay", str(inbox), "--store", str(copy), "--output", str(tmp_path / "on.jsonl"))
+    assert messages_in(copy) > copied, "the rest decided into the copy"
+    assert rows(copy, OUTCOMES) == rows(store, OUTCOMES)
+
+
+def test_a_backup_never_overwrites_and_leaves_nothing_half_written(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+) -> None:
+    inbox, _ = simulated
+    store = tmp_path / "s.db"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    earlier = tmp_path / "earlier.db"
+    earlier.write_bytes(b"yesterday's backup")
+    stranger = tmp_path / "notes.txt"
+    stranger.write_text("not a store")
+
+    refused = [
+        (run_cli("backup", str(earlier), "--store", str(store), check=False), "exists"),
+        (run_cli("backup", str(tmp_path / "a.db"), "--store", str(tmp_path / "typo.db"),
+                 check=False), "no store"),
+        (run_cli("backup", str(tmp_path / "b.db"), "--store", str(stranger), check=False),
+         "not an aes-gateway store"),
+        (run_cli("backup", str(tmp_path / "no" / "c.db"), "--store", str(store), check=False),
+         "no directory"),
+    ]
+    for result, why in refused:
+        assert (result.returncode, why in result.stderr) == (2, True), result.stderr
+    assert earlier.read_bytes() == b"yesterday's backup"
+    assert stranger.read_text() == "not a store"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db")) == [
+        "earlier.db", "notes.txt"]
+
+
+def test_a_backup_onto_a_full_disk_says_so_and_leaves_nothing(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+) -> None:
+    """The store is 2-3 MB; the backup's disk has 1 MB."""
+    inbox, _ = simulated
+    store = tmp_path / "s.db"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    with small_disk(tmp_path / "small", "1m") as disk:
+        if disk is None:
+            pytest.skip("cannot mount a tmpfs here (not root?)")
+        result = run_cli("backup", str(disk / "copy.db"), "--store", str(store), check=False)
+        left = sorted(p.name for p in disk.iterdir())
+    assert result.returncode == 2, result.stderr
+    assert "the backup failed" in result.stderr
+    assert "full" in result.stderr
+    assert left == []

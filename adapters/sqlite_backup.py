@@ -1,49 +1,93 @@
-"""A consistent copy of the store while the gateway runs (`aes-gateway backup`).
+"""A consistent copy of the store while the gateway runs (`aes-gateway backup`), and a store
+put back from such a copy (`aes-gateway restore`).
 
 Copying the store's file with `cp` while the gateway writes it gives a torn copy: the last
 commits sit in `<store>-wal`, and a page may change while it is read. SQLite's online backup
 copies the store as of one moment, inside one read transaction; in WAL mode the gateway goes
 on committing meanwhile. The copy is a single file (no WAL beside it), private (0600), made
 under a temporary name and renamed into place only when whole and checked: a path that holds
-a backup holds a complete one.
+a backup holds a complete one. Putting a copy back by hand has a trap: a `<store>-wal` left
+from the replaced file would be applied to the copy. `restore` moves it aside with that file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from adapters.files import sync_directory
-from adapters.sqlite_files import StoreError, create_private, refuse_foreign
+from adapters.sqlite_files import StoreError, claim, create_private, refuse_foreign
+
+COMPANIONS = ("-wal", "-shm")  # a store's files beside its own, which go where it goes
 
 
 def backup(store: Path, dest: Path) -> dict[str, object]:
     """Copies `store` to `dest` (which must not exist); returns what was copied."""
-    if not store.is_file() or store.stat().st_size == 0:
-        raise StoreError(f"no store at {str(store)!r}")
-    refuse_foreign(store)
+    _a_store(store, "store")
     if dest.exists() or dest.is_symlink():
         raise StoreError(f"{str(dest)!r} exists; a backup goes to a new path, so that it never "
                          "overwrites an earlier one")
-    if not dest.parent.is_dir():
-        raise StoreError(f"no directory {str(dest.parent)!r} for the backup")
-    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     started = time.monotonic()
+    events = _copy_into_place(store, dest)
+    return {"backup": str(dest.absolute()), "bytes": dest.stat().st_size, "events": events,
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def restore(copy: Path, store: Path) -> dict[str, object]:
+    """Puts `copy` (a backup) in the place of `store`, with the gateway stopped: it claims the
+    store as the gateway does. The replaced store is kept, renamed with its WAL, never deleted."""
+    _a_store(copy, "backup")
+    held = claim(store)  # StoreError while a gateway (or replay) runs on it
+    kept: list[Path] = []
+    try:
+        if store.exists():
+            refuse_foreign(store)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = store.with_name(f"{store.name}.replaced-{stamp}")
+
+        def move_aside() -> None:
+            for suffix in ("", *COMPANIONS):
+                if Path(f"{store}{suffix}").exists():
+                    os.rename(f"{store}{suffix}", f"{aside}{suffix}")
+                    kept.append(Path(f"{aside}{suffix}"))
+
+        events = _copy_into_place(copy, store, move_aside)
+    finally:
+        os.close(held)
+    return {"restored": str(store.absolute()), "from": str(copy.absolute()), "events": events,
+            "replaced_store_kept_as": str(kept[0].absolute()) if kept else None}
+
+
+def _a_store(path: Path, what: str) -> None:
+    if not path.is_file() or path.stat().st_size == 0:
+        raise StoreError(f"no {what} at {str(path)!r}")
+    refuse_foreign(path)
+
+
+def _copy_into_place(
+    source: Path, dest: Path, before_rename: Callable[[], None] = lambda: None
+) -> int:
+    """`source` copied whole and checked under a temporary name beside `dest`, then renamed to
+    it; the number of events in it. Nothing is left behind when it fails."""
+    if not dest.parent.is_dir():
+        raise StoreError(f"no directory {str(dest.parent)!r} for {str(dest.name)!r}")
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
         create_private(partial)
-        events = _copy(store, partial)
+        events = _copy(source, partial)
+        before_rename()
         os.rename(partial, dest)
         sync_directory(dest.parent)
     finally:
-        for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm"),
-                         Path(f"{partial}-journal")):
+        for leftover in (partial, *(Path(f"{partial}{s}") for s in (*COMPANIONS, "-journal"))):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-    return {"backup": str(dest.absolute()), "bytes": dest.stat().st_size, "events": events,
-            "seconds": round(time.monotonic() - started, 2)}
+    return events
 
 
 def _copy(store: Path, partial: Path) -> int:

@@ -95,6 +95,9 @@ def _dispatch_at_once(args: argparse.Namespace) -> int | None:
     if command == "backup":  # the copy is SQLite's, in one step; nothing to wait on
         _write_json("-", sqlite_backup.backup(_existing(args.store), args.dest))
         return 0
+    if command == "restore":
+        _write_json("-", sqlite_backup.restore(args.backup, args.store))
+        return 0
     if command == "config":
         loaded = config.load(args.config)
         print("\n".join(["configuration is valid:", *config.explain(loaded)]))

@@ -130,6 +130,12 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("dest", type=Path, help="the backup's path: a new file, never overwritten")
     p.add_argument("--store", type=Path, required=True, help=store_help)
 
+    p = sub.add_parser("restore", help="put a backup in the store's place (gateway stopped); "
+                       "the replaced store is kept")
+    p.add_argument("backup", type=Path, help="a file written by `aes-gateway backup`")
+    p.add_argument("--store", type=Path, required=True,
+                   help="the store file to replace (or to create)")
+
     p = sub.add_parser("purge", help="delete stored data older than the retention period")
     p.add_argument("--store", type=Path, required=True, help=store_help)
     p.add_argument("--retention-days", type=_at_least(1), default=400,

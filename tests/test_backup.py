@@ -3,6 +3,7 @@ running replay (or gateway) is writing; a restored copy goes on as the store its
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -112,3 +113,56 @@ def test_a_backup_onto_a_full_disk_says_so_and_leaves_nothing(
     assert "the backup failed" in result.stderr
     assert "full" in result.stderr
     assert left == []
+
+
+def test_restore_puts_the_backup_back_and_keeps_the_replaced_store(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+) -> None:
+    """The replaced store's WAL goes aside with it: left beside the restored file, SQLite
+    would apply its frames to it. The gateway must be stopped: restore claims the store."""
+    inbox, _ = simulated
+    files = sorted(inbox.glob("*.xml"))
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    for part, chosen in ((first, files[: len(files) // 2]), (rest, files[len(files) // 2:])):
+        part.mkdir()
+        for path in chosen:
+            (part / path.name).write_bytes(path.read_bytes())
+    store, copy = tmp_path / "s.db", tmp_path / "copy.db"
+    run_cli("replay", str(first), "--store", str(store), "--output", os.devnull)
+    run_cli("backup", str(copy), "--store", str(store))
+    before = rows(store, OUTCOMES)
+
+    # A store with data after the backup, its newest commits in its WAL: a gateway killed.
+    later = subprocess.Popen(
+        [*CLI, "replay", str(rest), "--store", str(store), "--output", os.devnull,
+         "--batch-size", "20", "--workers", "0"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while messages_in(store) < len(before) + 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    later.kill()
+    later.wait()
+    assert Path(f"{store}-wal").stat().st_size > 0
+    after = rows(store, OUTCOMES)
+    assert len(after) > len(before)
+
+    with (tmp_path / "s.db.lock").open("r+b") as held:  # a gateway running on the store
+        import fcntl
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = run_cli("restore", str(copy), "--store", str(store), check=False)
+    assert refused.returncode == 2
+    assert "in use by another aes-gateway" in refused.stderr
+    assert rows(store, OUTCOMES) == after, "left as it was"
+
+    restored = json.loads(run_cli("restore", str(copy), "--store", str(store)).stdout)
+    assert rows(store, OUTCOMES) == before
+    assert store.stat().st_mode & 0o777 == 0o600
+    kept = Path(str(restored["replaced_store_kept_as"]))
+    assert rows(kept, OUTCOMES) == after, "the replaced store, whole, with its WAL"
+    assert not Path(f"{store}-wal").exists()
+
+    reference = tmp_path / "reference.db"
+    for part in (first, rest):
+        run_cli("replay", str(part), "--store", str(reference), "--output", os.devnull)
+    run_cli("replay", str(rest), "--store", str(store), "--output", os.devnull)
+    assert rows(store, OUTCOMES) == rows(reference, OUTCOMES), "goes on as the original would"

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 from adapters.files import sync_directory
 from adapters.sqlite_files import StoreError, claim, create_private, refuse_foreign
@@ -26,16 +28,43 @@ from adapters.sqlite_files import StoreError, claim, create_private, refuse_fore
 COMPANIONS = ("-wal", "-shm")  # a store's files beside its own, which go where it goes
 
 
-def backup(store: Path, dest: Path) -> dict[str, object]:
-    """Copies `store` to `dest` (which must not exist); returns what was copied."""
+BACKUP_NAME: Final = "{stem}-{stamp}.db"  # a backup's name in a backup directory
+STAMP: Final = "%Y%m%dT%H%M%SZ"  # UTC; sorts as it is named
+
+
+def backup(store: Path, dest: Path, keep: int | None = None) -> dict[str, object]:
+    """Copies `store` to `dest`, a new file, or into `dest`, a directory, under the store's
+    name and the UTC time. With `keep`, only the newest `keep` backups of this store in that
+    directory are kept: a backup holds the personal data that the store's retention purges,
+    and must not outlive it by years. Returns what was copied and deleted."""
     _a_store(store, "store")
+    into = dest.is_dir()
+    if into:
+        stamp = dt.datetime.now(dt.UTC).strftime(STAMP)
+        dest = dest / BACKUP_NAME.format(stem=store.stem, stamp=stamp)
+    elif keep is not None:
+        raise StoreError(f"--keep needs a directory of backups; {str(dest)!r} is none")
     if dest.exists() or dest.is_symlink():
         raise StoreError(f"{str(dest)!r} exists; a backup goes to a new path, so that it never "
                          "overwrites an earlier one")
     started = time.monotonic()
     events = _copy_into_place(store, dest)
+    deleted = _keep_newest(dest.parent, store.stem, keep) if into and keep is not None else []
     return {"backup": str(dest.absolute()), "bytes": dest.stat().st_size, "events": events,
-            "seconds": round(time.monotonic() - started, 2)}
+            "seconds": round(time.monotonic() - started, 2), "deleted": deleted}
+
+
+def _keep_newest(directory: Path, stem: str, keep: int) -> list[str]:
+    """Deletes all but the newest `keep` backups of the store named `stem` in `directory`:
+    only files named as `backup` names them, nothing else there."""
+    named = re.compile(re.escape(stem) + r"-\d{8}T\d{6}Z\.db")
+    backups = sorted(p for p in directory.iterdir() if named.fullmatch(p.name))
+    old = backups[: max(len(backups) - keep, 0)]
+    for path in old:
+        path.unlink()
+    if old:
+        sync_directory(directory)
+    return [str(path.absolute()) for path in old]
 
 
 def restore(copy: Path, store: Path) -> dict[str, object]:
@@ -47,7 +76,7 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
     try:
         if store.exists():
             refuse_foreign(store)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.now(dt.UTC).strftime(STAMP)
         aside = store.with_name(f"{store.name}.replaced-{stamp}")
 
         def move_aside() -> None:

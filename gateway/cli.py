@@ -93,7 +93,7 @@ def _dispatch_at_once(args: argparse.Namespace) -> int | None:
         _simulate(args.outdir, args.cases, args.seed, args.bad_share)
         return 0
     if command == "backup":  # the copy is SQLite's, in one step; nothing to wait on
-        _write_json("-", sqlite_backup.backup(_existing(args.store), args.dest))
+        _write_json("-", sqlite_backup.backup(_existing(args.store), args.dest, args.keep))
         return 0
     if command == "restore":
         _write_json("-", sqlite_backup.restore(args.backup, args.store))

@@ -127,8 +127,12 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     p = sub.add_parser("backup", help="copy the store consistently, also while the gateway "
                        "runs")
-    p.add_argument("dest", type=Path, help="the backup's path: a new file, never overwritten")
+    p.add_argument("dest", type=Path, help="a new file, never overwritten; or a directory, "
+                   "where the backup is named <store name>-<UTC time>.db")
     p.add_argument("--store", type=Path, required=True, help=store_help)
+    p.add_argument("--keep", type=_at_least(1), metavar="N",
+                   help="into a directory: delete all but the newest N backups of this store "
+                        "there (default: delete none)")
 
     p = sub.add_parser("restore", help="put a backup in the store's place (gateway stopped); "
                        "the replaced store is kept")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -166,3 +168,67 @@ def test_restore_puts_the_backup_back_and_keeps_the_replaced_store(
         run_cli("replay", str(part), "--store", str(reference), "--output", os.devnull)
     run_cli("replay", str(rest), "--store", str(store), "--output", os.devnull)
     assert rows(store, OUTCOMES) == rows(reference, OUTCOMES), "goes on as the original would"
+
+
+def test_into_a_directory_named_by_time_keeping_the_newest(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+) -> None:
+    """From a timer: each backup named by the UTC time; `--keep N` deletes this store's older
+    backups, and nothing else in the directory. Backups hold personal data too."""
+    inbox, _ = simulated
+    store, backups = tmp_path / "gateway.db", tmp_path / "backups"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    backups.mkdir()
+    older = ["gateway-20250101T000000Z.db", "gateway-20260101T000000Z.db"]
+    others = ["gateway-notes.db", "other-20240101T000000Z.db", "notes.txt"]
+    for name in (*older, *others):
+        (backups / name).write_text(name)
+
+    made = json.loads(run_cli("backup", str(backups), "--store", str(store),
+                              "--keep", "2").stdout)
+    name = Path(str(made["backup"])).name
+    assert re.fullmatch(r"gateway-\d{8}T\d{6}Z\.db", name)
+    assert rows(backups / name, OUTCOMES) == rows(store, OUTCOMES)
+    assert made["deleted"] == [str(backups / older[0])]
+    assert sorted(p.name for p in backups.iterdir()) == sorted([older[1], name, *others])
+
+    not_a_directory = run_cli("backup", str(tmp_path / "one.db"), "--store", str(store),
+                              "--keep", "2", check=False)
+    assert not_a_directory.returncode == 2
+    assert "--keep needs a directory" in not_a_directory.stderr
+
+
+def test_the_shipped_backup_unit_runs_and_verifies(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+) -> None:
+    """deploy/aes-gateway-backup.service's command, with this checkout and temporary paths in
+    place of /opt, /var/lib and /var/backups; and systemd's own check of the units."""
+    inbox, _ = simulated
+    deploy = ROOT / "deploy"
+    store, backups = tmp_path / "lib" / "gateway.db", tmp_path / "backups"
+    store.parent.mkdir()
+    backups.mkdir()
+    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    places = {"/opt/aes-gateway": str(ROOT), "/var/lib/aes-gateway": str(store.parent),
+              "/var/backups/aes-gateway": str(backups)}
+    units = tmp_path / "units"
+    units.mkdir()
+    for unit in ("aes-gateway.service", "aes-gateway-backup.service",
+                 "aes-gateway-backup.timer"):
+        text = (deploy / unit).read_text()
+        for shipped, here in places.items():
+            text = text.replace(shipped, here)
+        (units / unit).write_text(text)
+    command = next(line.removeprefix("ExecStart=").split()
+                   for line in (units / "aes-gateway-backup.service").read_text().splitlines()
+                   if line.startswith("ExecStart="))
+    assert command[0] == str(ROOT / ".venv" / "bin" / "aes-gateway")
+    subprocess.run([*CLI, *command[1:]], cwd=ROOT, check=True, capture_output=True)
+    assert [p.suffix for p in backups.iterdir()] == [".db"]
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("no systemd-analyze on this machine to verify the units with")
+    verified = subprocess.run([analyze, "verify", *map(str, sorted(units.iterdir()))],
+                              capture_output=True, text=True, check=False)
+    assert verified.returncode == 0, verified.stderr

@@ -93,9 +93,18 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
 
 
 def _a_store(path: Path, what: str) -> None:
+    """A file that is a store, with its tables: an empty SQLite database put back in the
+    store's place would be taken for a new store, and every event id and link forgotten."""
     if not path.is_file() or path.stat().st_size == 0:
         raise StoreError(f"no {what} at {str(path)!r}")
     refuse_foreign(path)
+    reader = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = reader.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchall()
+    finally:
+        reader.close()
+    if not tables:
+        raise StoreError(f"{str(path)!r} is an empty SQLite database, not a {what} of a store")
 
 
 def _copy_into_place(
@@ -126,8 +135,8 @@ def _copy(store: Path, partial: Path) -> int:
     target = sqlite3.connect(partial)
     try:
         events = _checked_copy(source, target)
-    except sqlite3.Error as exc:  # the backup's disk full, say: no backup, and why
-        raise StoreError(f"the backup failed: {exc}; no backup was written") from exc
+    except sqlite3.Error as exc:  # the disk full, say: nothing written, and why
+        raise StoreError(f"copying {str(store)!r} failed: {exc}; nothing was written") from exc
     finally:
         target.close()
         source.close()
@@ -145,5 +154,5 @@ def _checked_copy(source: sqlite3.Connection, target: sqlite3.Connection) -> int
     target.execute("PRAGMA journal_mode = DELETE")  # one file to keep: no -wal beside it
     check = target.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
-        raise StoreError(f"the copy did not check out ({check}); no backup was written")
+        raise StoreError(f"the copy did not check out ({check}); nothing was written")
     return int(target.execute("SELECT COUNT(*) FROM events").fetchone()[0])

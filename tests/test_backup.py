@@ -3,6 +3,7 @@ running replay (or gateway) is writing; a restored copy goes on as the store its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -112,7 +113,7 @@ def test_a_backup_onto_a_full_disk_says_so_and_leaves_nothing(
         result = run_cli("backup", str(disk / "copy.db"), "--store", str(store), check=False)
         left = sorted(p.name for p in disk.iterdir())
     assert result.returncode == 2, result.stderr
-    assert "the backup failed" in result.stderr
+    assert "failed" in result.stderr
     assert "full" in result.stderr
     assert left == []
 
@@ -232,3 +233,17 @@ def test_the_shipped_backup_unit_runs_and_verifies(
     verified = subprocess.run([analyze, "verify", *map(str, sorted(units.iterdir()))],
                               capture_output=True, text=True, check=False)
     assert verified.returncode == 0, verified.stderr
+
+
+def test_restore_refuses_an_empty_database(tmp_path: Path) -> None:
+    """Put in the store's place, it would be taken for a new store: every id forgotten."""
+    empty = tmp_path / "empty.db"
+    with contextlib.closing(sqlite3.connect(empty)) as db:
+        db.execute("PRAGMA user_version = 1")
+    assert empty.stat().st_size > 0
+    store = tmp_path / "s.db"
+    store.write_bytes(b"")
+    result = run_cli("restore", str(empty), "--store", str(store), check=False)
+    assert result.returncode == 2
+    assert "empty SQLite database" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "s.db"]

@@ -22,6 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+import msgspec
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
 from adapters.files import sync_directory
 from adapters.sqlite_files import StoreError, claim, create_private, refuse_foreign
 
@@ -32,7 +35,17 @@ BACKUP_NAME: Final = "{stem}-{stamp}.db"  # a backup's name in a backup director
 STAMP: Final = "%Y%m%dT%H%M%SZ"  # UTC; sorts as it is named
 
 
-def backup(store: Path, dest: Path, keep: int | None = None) -> dict[str, object]:
+class Made(msgspec.Struct, frozen=True):
+    """A backup as made: its path, size, events, seconds, and the older ones deleted."""
+
+    backup: str
+    bytes: int
+    events: int
+    seconds: float
+    deleted: list[str]
+
+
+def backup(store: Path, dest: Path, keep: int | None = None) -> Made:
     """Copies `store` to `dest`, a new file, or into `dest`, a directory, under the store's
     name and the UTC time. With `keep`, only the newest `keep` backups of this store in that
     directory are kept: a backup holds the personal data that the store's retention purges,
@@ -50,8 +63,8 @@ def backup(store: Path, dest: Path, keep: int | None = None) -> dict[str, object
     started = time.monotonic()
     events = _copy_into_place(store, dest)
     deleted = _keep_newest(dest.parent, store.stem, keep) if into and keep is not None else []
-    return {"backup": str(dest.absolute()), "bytes": dest.stat().st_size, "events": events,
-            "seconds": round(time.monotonic() - started, 2), "deleted": deleted}
+    return Made(str(dest.absolute()), dest.stat().st_size, events,
+                round(time.monotonic() - started, 2), deleted)
 
 
 def _keep_newest(directory: Path, stem: str, keep: int) -> list[str]:
@@ -156,3 +169,28 @@ def _checked_copy(source: sqlite3.Connection, target: sqlite3.Connection) -> int
     if check != "ok":
         raise StoreError(f"the copy did not check out ({check}); nothing was written")
     return int(target.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+def write_metrics(path: Path, made: Made) -> None:
+    """A successful backup's figures for node_exporter's textfile collector: written whole
+    under a temporary name, then renamed (the collector never reads half a file), and
+    readable by the exporter's user whatever the umask (the figures name no person). A failed
+    backup writes nothing: the last success's time grows old, and the alert
+    `AesGatewayBackupMissing` fires on that, as it does when the timer stops running."""
+    registry = CollectorRegistry()
+    figures = (
+        ("last_success_timestamp_seconds", "when the newest backup was completed", time.time()),
+        ("bytes", "the newest backup's size", made.bytes),
+        ("events", "events in the newest backup", made.events),
+        ("duration_seconds", "how long the newest backup took", made.seconds),
+    )
+    for name, description, value in figures:
+        Gauge(f"aes_gateway_backup_{name}", description, registry=registry).set(value)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    descriptor = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        os.fchmod(descriptor, 0o644)
+        os.write(descriptor, generate_latest(registry))
+    finally:
+        os.close(descriptor)
+    os.rename(partial, path)

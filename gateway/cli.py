@@ -93,7 +93,10 @@ def _dispatch_at_once(args: argparse.Namespace) -> int | None:
         _simulate(args.outdir, args.cases, args.seed, args.bad_share)
         return 0
     if command == "backup":  # the copy is SQLite's, in one step; nothing to wait on
-        _write_json("-", sqlite_backup.backup(_existing(args.store), args.dest, args.keep))
+        made = sqlite_backup.backup(_existing(args.store), args.dest, args.keep)
+        if args.metrics is not None:
+            sqlite_backup.write_metrics(args.metrics, made)
+        _write_json("-", msgspec.to_builtins(made))
         return 0
     if command == "restore":
         _write_json("-", sqlite_backup.restore(args.backup, args.store))

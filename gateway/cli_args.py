@@ -133,6 +133,9 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--keep", type=_at_least(1), metavar="N",
                    help="into a directory: delete all but the newest N backups of this store "
                         "there (default: delete none)")
+    p.add_argument("--metrics", type=Path, metavar="FILE",
+                   help="after a backup, its time and size for node_exporter's textfile "
+                        "collector (Prometheus text format)")
 
     p = sub.add_parser("restore", help="put a backup in the store's place (gateway stopped); "
                        "the replaced store is kept")

@@ -247,3 +247,34 @@ def test_restore_refuses_an_empty_database(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "empty SQLite database" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "s.db"]
+
+
+def test_metrics_for_the_textfile_collector(
+    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+) -> None:
+    """Readable by node_exporter's user under the unit's UMask=0077; the figures match the
+    backup; and a failed backup leaves the last success's figures as they were."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    inbox, _ = simulated
+    store, prom = tmp_path / "s.db", tmp_path / "aes-gateway-backup.prom"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    umask = os.umask(0o077)
+    try:
+        made = json.loads(run_cli("backup", str(tmp_path / "b.db"), "--store", str(store),
+                                  "--metrics", str(prom)).stdout)
+    finally:
+        os.umask(umask)
+    assert prom.stat().st_mode & 0o777 == 0o644
+    figures = {sample.name: sample.value for family in text_string_to_metric_families(
+        prom.read_text()) for sample in family.samples}
+    assert figures["aes_gateway_backup_bytes"] == made["bytes"]
+    assert figures["aes_gateway_backup_events"] == made["events"] > 0
+    assert abs(figures["aes_gateway_backup_last_success_timestamp_seconds"] - time.time()) < 60
+    written = prom.read_bytes()
+
+    failed = run_cli("backup", str(tmp_path / "b.db"), "--store", str(store),
+                     "--metrics", str(prom), check=False)  # b.db exists: refused
+    assert failed.returncode == 2
+    assert prom.read_bytes() == written
+    assert sorted(p.name for p in tmp_path.iterdir() if ".prom" in p.name) == [prom.name]

@@ -4,9 +4,12 @@ and every alert rule evaluates through Prometheus's HTTP API and returns data.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
+import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from gateway import config as cfg
 from gateway.model import Version
 from gateway.simulate import simulate
 from tests import brokers
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 from tests.mosquitto import free_port
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "aes-gateway.json"
@@ -47,8 +50,20 @@ async def query(session: aiohttp.ClientSession, base: str, expr: str) -> dict[st
         return dict(await response.json())
 
 
+def textfile_collector(directory: Path) -> tuple[ThreadingHTTPServer, int]:
+    """What node_exporter's textfile collector serves, as far as Prometheus can tell: the
+    directory's *.prom files over HTTP (here one file, one path)."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
 def test_prometheus_evaluates_every_panel_and_alert(tmp_path: Path) -> None:
     gateway_port, prom_port = free_port(), free_port()
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    collector, collector_port = textfile_collector(textfiles)
     (tmp_path / "prometheus.yml").write_text(f"""
 global:
   scrape_interval: 1s
@@ -57,6 +72,9 @@ rule_files: ["{ALERTS}"]
 scrape_configs:
   - job_name: aes-gateway
     static_configs: [{{targets: ["127.0.0.1:{gateway_port}"]}}]
+  - job_name: textfiles
+    metrics_path: /aes-gateway-backup.prom
+    static_configs: [{{targets: ["127.0.0.1:{collector_port}"]}}]
 """)
     prometheus = subprocess.Popen(
         ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -75,6 +93,9 @@ scrape_configs:
                 'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{gateway_port}"'))
             service = asyncio.create_task(run(config, stop=stop))
             await asyncio.sleep(3)
+            await asyncio.to_thread(  # the backup timer's run, beside the live gateway
+                run_cli, "backup", str(tmp_path), "--store", str(tmp_path / "g.db"),
+                "--metrics", str(textfiles / "aes-gateway-backup.prom"))
             await brokers.publish(topo.q30, [m.body for m in sim.messages
                                              if m.version is not Version.V2_2])
             async with aiohttp.ClientSession() as session:
@@ -103,6 +124,7 @@ scrape_configs:
     try:
         results, rules = asyncio.run(scenario())
     finally:
+        collector.shutdown()
         prometheus.terminate()
         prometheus.wait(timeout=30)
     assert all(r["status"] == "success" for r in results.values())

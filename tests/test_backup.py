@@ -36,6 +36,24 @@ def messages_in(store: Path) -> int:
         return 0
 
 
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory,
+             simulated: tuple[Path, dict[str, object]]) -> Path:
+    """A store holding the simulated capture, replayed once for the tests that copy it."""
+    store = tmp_path_factory.mktemp("replayed") / "s.db"
+    run_cli("replay", str(simulated[0]), "--store", str(store), "--output", os.devnull)
+    assert not Path(f"{store}-wal").exists(), "closed: the file alone is the store"
+    return store
+
+
+def a_store(replayed: Path, path: Path) -> Path:
+    """A copy of the replayed store at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(replayed, path)
+    path.chmod(0o600)
+    return path
+
+
 def test_a_backup_taken_mid_replay_goes_on_to_the_same_store(
     tmp_path: Path, simulated: tuple[Path, dict[str, object]],
 ) -> None:
@@ -73,11 +91,9 @@ def test_a_backup_taken_mid_replay_goes_on_to_the_same_store(
 
 
 def test_a_backup_never_overwrites_and_leaves_nothing_half_written(
-    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+    tmp_path: Path, replayed: Path,
 ) -> None:
-    inbox, _ = simulated
-    store = tmp_path / "s.db"
-    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    store = a_store(replayed, tmp_path / "s.db")
     earlier = tmp_path / "earlier.db"
     earlier.write_bytes(b"yesterday's backup")
     stranger = tmp_path / "notes.txt"
@@ -101,12 +117,10 @@ def test_a_backup_never_overwrites_and_leaves_nothing_half_written(
 
 
 def test_a_backup_onto_a_full_disk_says_so_and_leaves_nothing(
-    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+    tmp_path: Path, replayed: Path,
 ) -> None:
     """The store is 2-3 MB; the backup's disk has 1 MB."""
-    inbox, _ = simulated
-    store = tmp_path / "s.db"
-    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    store = a_store(replayed, tmp_path / "s.db")
     with small_disk(tmp_path / "small", "1m") as disk:
         if disk is None:
             pytest.skip("cannot mount a tmpfs here (not root?)")
@@ -172,13 +186,11 @@ def test_restore_puts_the_backup_back_and_keeps_the_replaced_store(
 
 
 def test_into_a_directory_named_by_time_keeping_the_newest(
-    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
+    tmp_path: Path, replayed: Path,
 ) -> None:
     """From a timer: each backup named by the UTC time; `--keep N` deletes this store's older
     backups, and nothing else in the directory. Backups hold personal data too."""
-    inbox, _ = simulated
-    store, backups = tmp_path / "gateway.db", tmp_path / "backups"
-    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    store, backups = a_store(replayed, tmp_path / "gateway.db"), tmp_path / "backups"
     backups.mkdir()
     older = ["gateway-20250101T000000Z.db", "gateway-20260101T000000Z.db"]
     others = ["gateway-notes.db", "other-20240101T000000Z.db", "notes.txt"]
@@ -199,17 +211,12 @@ def test_into_a_directory_named_by_time_keeping_the_newest(
     assert "--keep needs a directory" in not_a_directory.stderr
 
 
-def test_the_shipped_backup_unit_runs_and_verifies(
-    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
-) -> None:
+def test_the_shipped_backup_unit_runs_and_verifies(tmp_path: Path, replayed: Path) -> None:
     """deploy/aes-gateway-backup.service's command, with this checkout and temporary paths in
     place of /opt, /var/lib and /var/backups; and systemd's own check of the units."""
-    inbox, _ = simulated
     deploy = ROOT / "deploy"
-    store, backups = tmp_path / "lib" / "gateway.db", tmp_path / "backups"
-    store.parent.mkdir()
+    store, backups = a_store(replayed, tmp_path / "lib" / "gateway.db"), tmp_path / "backups"
     backups.mkdir()
-    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
     places = {"/opt/aes-gateway": str(ROOT), "/var/lib/aes-gateway": str(store.parent),
               "/var/backups/aes-gateway": str(backups)}
     units = tmp_path / "units"
@@ -249,16 +256,12 @@ def test_restore_refuses_an_empty_database(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "s.db"]
 
 
-def test_metrics_for_the_textfile_collector(
-    tmp_path: Path, simulated: tuple[Path, dict[str, object]],
-) -> None:
+def test_metrics_for_the_textfile_collector(tmp_path: Path, replayed: Path) -> None:
     """Readable by node_exporter's user under the unit's UMask=0077; the figures match the
     backup; and a failed backup leaves the last success's figures as they were."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    inbox, _ = simulated
-    store, prom = tmp_path / "s.db", tmp_path / "aes-gateway-backup.prom"
-    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    store, prom = a_store(replayed, tmp_path / "s.db"), tmp_path / "aes-gateway-backup.prom"
     umask = os.umask(0o077)
     try:
         made = json.loads(run_cli("backup", str(tmp_path / "b.db"), "--store", str(store),

@@ -43,6 +43,45 @@ class PushDelivery:
         self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
 
+REFUSALS_LOG_EVERY_S: Final = 60.0  # connections refused over the limit: a line a minute
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _Capped:
+    """The HTTP server's protocol factory, with at most `limit` connections open at once.
+
+    Each connection holds a file descriptor. Under systemd's default limit of 1 024, a client
+    (or a middlebox) holding 1 100 connections open left the receiver unable to accept the
+    Beskedfordeler's pushes; and CPython 3.11's accept loop, out of descriptors, schedules a
+    retry per queued connection and logs each: 17 000 error lines in 10 s, growing, in a probe
+    at stop 20. Over the limit, a connection is closed at once and counted."""
+
+    def __init__(self, server: web.Server, limit: int, name: str) -> None:
+        self.server = server
+        self.limit = limit
+        self.name = name
+        self.refused = 0
+        self._logged_at: float | None = None
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) < self.limit:
+            return self.server()
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        if self._logged_at is None or now - self._logged_at >= REFUSALS_LOG_EVERY_S:
+            log.warning("push connection refused: %d already open (max_connections)",
+                        self.limit, extra={"source": self.name, "refused": self.refused})
+            self._logged_at = now
+            self.refused = 0
+        return _Refused()
+
+
 class PushReceiver:
     def __init__(
         self, config: PushConfig, intake: asyncio.Queue[Delivery], max_bytes: int
@@ -53,6 +92,7 @@ class PushReceiver:
         self.connected = False
         self.last_message_at: float | None = None
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self._accepting = True
         self.max_bytes = max_bytes
         self._clients = ClientRules(config.tls.allowed_clients if config.tls else ())
@@ -110,11 +150,16 @@ class PushReceiver:
 
     async def start(self, stop: asyncio.Event) -> bool:
         host, _, port = self.config.listen.rpartition(":")
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # keepalive_timeout: aiohttp's default keeps an idle connection for an hour
+        self._runner = web.AppRunner(self.app, access_log=None,
+                                     keepalive_timeout=self.config.idle_seconds)
         await self._runner.setup()
+        assert self._runner.server is not None  # noqa: S101 - made by setup()
         ssl_context = server_context(self.config.tls) if self.config.tls else None
-        site = web.TCPSite(self._runner, host or None, int(port), ssl_context=ssl_context)
-        await site.start()
+        self._server = await asyncio.get_running_loop().create_server(
+            _Capped(self._runner.server, self.config.max_connections, self.name),
+            host or None, int(port), ssl=ssl_context, reuse_address=True,
+            ssl_handshake_timeout=self.config.timeout_seconds if ssl_context else None)
         self.connected = True
         log.info("push receiver listening", extra={"source": self.name})
         return True
@@ -124,6 +169,8 @@ class PushReceiver:
 
     async def close(self) -> None:
         self.connected = False
+        if self._server is not None:
+            self._server.close()  # no new connections; the runner ends the open ones
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -182,6 +183,26 @@ async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRun
     return runner
 
 
+OPEN_FILES_WANTED = 65536  # when the hard limit is unlimited
+
+
+def raise_open_files_limit() -> int:
+    """The soft limit on open files raised to the hard one; returns the limit now in force.
+
+    systemd gives a service a soft limit of 1 024 (and a hard one of 524 288) unless told
+    otherwise: the store, the brokers' connections, the sink files and each push connection
+    share it. Raising the soft limit up to the hard one is what the split is for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # a kernel cap (fs.nr_open) below it: keep what there is
+            log.info("open files limit kept at %d", soft)
+    return int(soft)
+
+
 def freeze_startup_heap() -> int:
     """Leave the start-up heap (modules, classes, functions: about 50 000 objects, all of them
     permanent) out of every later garbage collection; returns how many objects that is.
@@ -240,7 +261,8 @@ async def run(
         log.info("gateway starting", extra={
             "store": cfg.store_file(config),
             "sources": [source.name for source in sources],
-            "sinks": [relay.name for relay in relays]})
+            "sinks": [relay.name for relay in relays],
+            "open_files_limit": raise_open_files_limit()})
         if config.http.listen:
             health = await _health(service, config.http.listen, metrics)
             opened.push_async_callback(_quietly, health.cleanup)

@@ -72,6 +72,10 @@ class PushSource(Strict, tag_field="type", tag="push"):
     path: str = "/"
     tls: TlsConfig | None = None
     timeout_seconds: float = 30.0
+    # A connection with no request in flight (one that never sent any, too) is closed after
+    # this long; at most max_connections are open at once, and more are closed as they come.
+    idle_seconds: float = 60.0
+    max_connections: int = 256
 
 
 CprMode = Literal["full", "pseudonymised", "omitted"]
@@ -280,6 +284,11 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"sources[{index}].prefetch must be at least 1")
         if isinstance(source, AmqpSource) and source.sts and not source.url.startswith("amqps"):
             raise ConfigError(f"sources[{index}]: SASL EXTERNAL with a token needs amqps://")
+        if isinstance(source, PushSource) and (
+                not source.timeout_seconds > 0 or not source.idle_seconds > 0
+                or source.max_connections < 1):
+            raise ConfigError(f"sources[{index}]: timeout_seconds and idle_seconds must be above "
+                              "0, max_connections at least 1")
     for index, sink in enumerate(config.sinks):
         if isinstance(sink, AmqpSink) and sink.confirm_window < 1:
             raise ConfigError(f"sinks[{index}].confirm_window must be at least 1")
@@ -375,7 +384,9 @@ def explain(config: Config) -> list[str]:
                          f"prefetch {source.prefetch})")
         else:
             scheme = "https" if source.tls else "http"
-            lines.append(f"source: push receiver on {scheme}://{source.listen}{source.path}")
+            lines.append(f"source: push receiver on {scheme}://{source.listen}{source.path} "
+                         f"(up to {source.max_connections} connections, idle ones closed "
+                         f"after {source.idle_seconds:g} s)")
     for sink in config.sinks:
         if isinstance(sink, AmqpSink):
             what = (f"AMQP exchange {sink.exchange!r} at {_redact(sink.url)}"

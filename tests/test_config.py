@@ -53,6 +53,15 @@ def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(cfg.ConfigError, match="AMQP_PASSWORD"):
         cfg.parse(MINIMAL.replace("guest:guest", "guest:${AMQP_PASSWORD}"))
 
+PUSH_LOCAL = """
+[[sinks]]
+type = "jsonl"
+path = "out.jsonl"
+[[sources]]
+type = "push"
+listen = "127.0.0.1:8443"
+"""
+
 PUSH_TLS = """
 [[sources]]
 type = "push"
@@ -99,6 +108,8 @@ def test_an_allowed_client_rule_reads_short_and_long_names() -> None:
         ("[matching]\ntolerance_seconds = -60\n" + MINIMAL, "tolerance_seconds at least 0"),
         ("[matching]\nmax_message_bytes = 0\n" + MINIMAL, "max_message_bytes must be at"),
         ("[processing]\nparse_workers = -1\n" + MINIMAL, "parse_workers must be at least 0"),
+        *((PUSH_LOCAL + setting, r"sources\[0\]: timeout_seconds and idle_seconds must be")
+          for setting in ("max_connections = 0", "idle_seconds = 0", "timeout_seconds = -1")),
     ],
 )
 def test_invalid_configurations_say_why(text: str, message: str) -> None:

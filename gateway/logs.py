@@ -23,8 +23,9 @@ QUIET_LIBRARIES: Final = ("aiosqlite", "aiormq", "aio_pika", "aiomqtt", "aiohttp
 # Libraries whose connection troubles repeat every second while a broker is away: aiormq and
 # aio-pika log 3 lines a connection a second (two of them at error level) for a restart the
 # gateway rides out by itself. The gateway logs the outage itself, once as it begins and once
-# as it ends; these repeats pass once a minute, counted.
-REPEATING_LIBRARIES: Final = ("aiormq", "aio_pika", "aiomqtt")
+# as it ends; these repeats pass once a minute, counted. So do asyncio's: out of file
+# descriptors, its accept loop logs every failed accept (thousands of lines a second).
+REPEATING_LIBRARIES: Final = ("aiormq", "aio_pika", "aiomqtt", "asyncio")
 REPEAT_EVERY_S: Final = 60.0
 
 

@@ -258,11 +258,12 @@ async def run(
                           config.store.batch_wait_ms / 1000, config.store.batch_gap_ms / 1000,
                           [*closers, store.close])
         await service.start_relays()  # before the observer's first purge: a new sink keeps rows
+        open_files = raise_open_files_limit()  # before the sources take connections
         log.info("gateway starting", extra={
             "store": cfg.store_file(config),
             "sources": [source.name for source in sources],
             "sinks": [relay.name for relay in relays],
-            "open_files_limit": raise_open_files_limit()})
+            "open_files_limit": open_files})
         if config.http.listen:
             health = await _health(service, config.http.listen, metrics)
             opened.push_async_callback(_quietly, health.cleanup)

@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -93,10 +94,15 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
         aside = store.with_name(f"{store.name}.replaced-{stamp}")
 
         def move_aside() -> None:
-            for suffix in ("", *COMPANIONS):
+            """The old store's file gets a second name, and its WAL moves to go with it; the
+            rename of the copy onto the store's path then replaces the file at once. A path
+            that names the store names a whole one at every step, the old or the new."""
+            if store.exists():
+                os.link(store, aside)
+                kept.append(aside)
+            for suffix in COMPANIONS:
                 if Path(f"{store}{suffix}").exists():
                     os.rename(f"{store}{suffix}", f"{aside}{suffix}")
-                    kept.append(Path(f"{aside}{suffix}"))
 
         events = _copy_into_place(copy, store, move_aside)
     finally:
@@ -131,8 +137,15 @@ def _copy_into_place(
     try:
         create_private(partial)
         events = _copy(source, partial)
-        before_rename()
-        os.rename(partial, dest)
+        # Ctrl-C or SIGTERM (a timer's stop) waits until the renames are done: between them
+        # the WAL has moved and the copy is not yet in place
+        stopping = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        try:
+            before_rename()
+            os.rename(partial, dest)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
         sync_directory(dest.parent)
     finally:
         for leftover in (partial, *(Path(f"{partial}{s}") for s in (*COMPANIONS, "-journal"))):

@@ -42,6 +42,12 @@ Requeue = Callable[[Store], Awaitable[tuple[int, AsyncIterator[list[Prepared]]]]
 
 INTERRUPTED: Final = ("interrupted: every message decided so far is stored; run the same "
                       "command again to go on from there")
+INTERRUPTED_COPY: Final = {
+    "backup": "interrupted: nothing half-written is left; a backup is there only if it was "
+              "complete",
+    "restore": "interrupted: the store is whole, the old one or, if the restore had finished, "
+               "the backup",
+}
 INTERRUPTED_TEMPORARY: Final = ("interrupted: without --store the store was a temporary one, "
                                 "now gone; give --store PATH to be able to go on after a stop")
 
@@ -54,13 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # closed, and it says how to go on. `run` installs its own graceful stop for both; the
     # other commands keep the default, an immediate end.
     deciding = args.command == "replay" or getattr(args, "action", None) == "replay"
+    copying = args.command in ("backup", "restore")  # SIGTERM too leaves no half-written file
     terminated: list[int] = []
 
     def terminate(signum: int, _: object) -> None:
         terminated.append(signum)
         signal.raise_signal(signal.SIGINT)
 
-    if deciding:
+    if deciding or copying:
         signal.signal(signal.SIGTERM, terminate)
     try:
         done = _dispatch_at_once(args)  # no event loop: Ctrl-C ends them at once
@@ -76,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             temporary = args.command == "replay" and args.store is None
             print(f"aes-gateway: {INTERRUPTED_TEMPORARY if temporary else INTERRUPTED}",
                   file=sys.stderr)
+        elif copying:
+            print(f"aes-gateway: {INTERRUPTED_COPY[args.command]}", file=sys.stderr)
         return 128 + (terminated[0] if terminated else signal.SIGINT)
     except Exception:  # a bug: Python's own traceback would be plain text, any CPR unmasked
         log.critical("aes-gateway %s failed; please report this line (aes-gateway %s)",

@@ -3,11 +3,13 @@ running replay (or gateway) is writing; a restored copy goes on as the store its
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -281,3 +283,59 @@ def test_metrics_for_the_textfile_collector(tmp_path: Path, replayed: Path) -> N
     assert failed.returncode == 2
     assert prom.read_bytes() == written
     assert sorted(p.name for p in tmp_path.iterdir() if ".prom" in p.name) == [prom.name]
+
+
+def a_big_store(path: Path, megabytes: int = 300) -> Path:
+    """A store big enough that copying it takes a moment: its tables, and a filler."""
+    from adapters.sqlite import Store
+
+    async def made() -> None:
+        async with await Store.open(path):
+            pass
+
+    asyncio.run(made())
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE filler (b BLOB)")
+        db.execute("INSERT INTO filler VALUES (randomblob(?))", (megabytes << 20,))
+        db.commit()
+    return path
+
+
+def terminated_midway(args: list[str], partial_in: Path) -> subprocess.CompletedProcess[str]:
+    """The command, sent SIGTERM once its temporary copy has appeared (the copy under way)."""
+    process = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(partial_in.glob(".*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def test_a_backup_stopped_by_sigterm_leaves_nothing_half_written(tmp_path: Path) -> None:
+    """A timer's stop (or a shutdown) sends SIGTERM: until stop 20 it ended the command at
+    once, and the temporary copy, as big as the store, stayed behind."""
+    store = a_big_store(tmp_path / "big.db")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    result = terminated_midway(["backup", str(backups), "--store", str(store)], backups)
+    assert result.returncode == 143, result.stderr
+    assert "interrupted: nothing half-written is left" in result.stderr
+    left = list(backups.iterdir())
+    assert [p.name for p in left if not p.name.startswith("big-")] == []
+    for complete in left:  # the signal came after the copy was checked and named
+        assert rows(complete, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_restore_stopped_by_sigterm_leaves_a_whole_store(tmp_path: Path, replayed: Path) -> None:
+    store = a_store(replayed, tmp_path / "lib" / "s.db")
+    before = rows(store, OUTCOMES)
+    backup = a_big_store(tmp_path / "big.db")
+    result = terminated_midway(["restore", str(backup), "--store", str(store)], store.parent)
+    assert result.returncode == 143, result.stderr
+    assert "interrupted: the store is whole" in result.stderr
+    assert not list(store.parent.glob(".*.partial"))
+    assert rows(store, "PRAGMA integrity_check") == [("ok",)]
+    filler = rows(store, "SELECT name FROM sqlite_master WHERE name = 'filler'")
+    assert filler == [("filler",)] or rows(store, OUTCOMES) == before

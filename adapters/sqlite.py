@@ -4,7 +4,8 @@ One transaction per batch (group commit) holds every outcome of the batch: messa
 links, the outbox of canonical events and the quarantine. Sources are acknowledged only after it
 commits; sinks are fed from the outbox, each with its own progress. The tables and whole-table
 statements are in sqlite_schema.py, a batch's own statements in sqlite_batch.py, and the
-handling of its files (private, refused when foreign, claimed, migrated) in sqlite_files.py.
+handling of its files (private, refused when foreign, claimed, migrated) in sqlite_files.py;
+`aes-gateway backup` and `restore` are in sqlite_backup.py.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from adapters.sqlite_batch import QuarantineRow as QuarantineRow  # the Store's,
 from adapters.sqlite_files import StoreError as StoreError  # the Store's, re-exported
 from adapters.sqlite_schema import (
     HIGHEST_OUTBOX_SEQ,
-    PURGE_UP_TO,
     REPORT_COUNTS,
     REPORT_LAGS,
     SCHEMA,
     SCHEMA_VERSION,
     SELECT_QUARANTINE,
+    purge_older,
 )
 from gateway import report
 from gateway.correlate import CorrelationState, Effects
@@ -321,20 +322,8 @@ class Store:
         """The lock file deleted (taken for a stale one) or replaced: claimed again, or, if
         another process has claimed the store since, StoreError. Until stop 19 a second
         gateway could then decide into the same store, and emit twins under two ids."""
-        if self._claimed is None:
-            return
-        held = os.fstat(self._claimed)
-        lock = files.lock_path(self.path)
-        if files.identity(lock) == (held.st_dev, held.st_ino):
-            return
-        try:
-            claimed = files.claim(self.path)
-        except StoreError as exc:
-            raise StoreError(f"the store's lock file was deleted or replaced, and {exc}: "
-                             "nothing more is acknowledged here; stop one of them") from None
-        os.close(self._claimed)
-        self._claimed = claimed
-        log.warning("the store's lock file %s was deleted or replaced; claimed again", lock)
+        if self._claimed is not None:
+            self._claimed = files.claimed_still(self.path, self._claimed)
 
     async def check_files(self) -> None:
         """`_still_the_file`, between batches (the service's observer, when no batch comes)."""
@@ -401,28 +390,7 @@ class Store:
             return int((now - dt.timedelta(days=days)).timestamp())
 
         def delete(db: sqlite3.Connection) -> dict[str, int]:
-            # A refused message's id goes with its body: a redelivery is then decided anew,
-            # not suppressed as a duplicate of a message no longer kept anywhere. Found by way
-            # of the (small) quarantine: a scan of every message id older than the quarantine
-            # period would hold the write lock for seconds in a year-old store.
-            forgotten = db.execute(
-                "DELETE FROM messages WHERE outcome = 'quarantined' AND message_key IN"
-                " (SELECT message_key FROM quarantine WHERE received_at < ?)",
-                (cutoff(quarantine_days or retention_days),)).rowcount
-            deleted: dict[str, int] = {}
-            for table, column, days in (
-                ("events", "accepted_at", retention_days),
-                ("messages", "received_at", retention_days),
-                ("quarantine", "received_at", quarantine_days or retention_days),
-                ("links", "learned_at", retention_days),
-            ):
-                cursor = db.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff(days),))
-                deleted[table] = cursor.rowcount
-            deleted["messages"] += forgotten
-            cursor = db.execute(
-                f"DELETE FROM outbox WHERE seq <= ({PURGE_UP_TO})"
-            )
-            deleted["outbox"] = cursor.rowcount
-            return deleted
+            return purge_older(db, cutoff(retention_days),
+                               cutoff(quarantine_days or retention_days))
 
         return await self._transaction(delete)

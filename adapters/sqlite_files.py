@@ -4,6 +4,7 @@ at a time (`<store>.lock`), and brought up to this version's schema."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Final
 import aiosqlite
 
 from adapters.sqlite_schema import SCHEMA_VERSION
+
+log = logging.getLogger("aes_gateway.store")
 
 
 class StoreError(Exception):
@@ -86,6 +89,24 @@ def claim(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def claimed_still(path: Path, held: int) -> int:
+    """The lock file this process holds (`held`), or, if it was deleted (taken for a stale
+    one) or replaced, the store claimed again: the new lock's descriptor. StoreError if
+    another process has claimed the store since."""
+    status = os.fstat(held)
+    lock = lock_path(path)
+    if identity(lock) == (status.st_dev, status.st_ino):
+        return held
+    try:
+        claimed = claim(path)
+    except StoreError as exc:
+        raise StoreError(f"the store's lock file was deleted or replaced, and {exc}: "
+                         "nothing more is acknowledged here; stop one of them") from None
+    os.close(held)
+    log.warning("the store's lock file %s was deleted or replaced; claimed again", lock)
+    return claimed
 
 
 async def migrate(conn: aiosqlite.Connection) -> None:

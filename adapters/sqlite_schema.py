@@ -1,8 +1,10 @@
-"""The store's tables, and the statements that read them whole (reports, purges), as data.
-The Store (adapters/sqlite.py) runs them; a batch's own statements are in sqlite_batch.py."""
+"""The store's tables, and the statements that read or purge them whole (reports, the
+retention purge). The Store (adapters/sqlite.py) runs them; a batch's own statements are in
+sqlite_batch.py."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Final
 
 from gateway.correlate import EventRecord
@@ -122,3 +124,29 @@ SELECT_QUARANTINE: Final = (
 HIGHEST_OUTBOX_SEQ: Final = (
     "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"
 )
+
+
+def purge_older(db: sqlite3.Connection, cutoff: int, quarantine_cutoff: int) -> dict[str, int]:
+    """Deletes what was accepted, received or last used before `cutoff` (the quarantine:
+    before `quarantine_cutoff`), and every outbox row that every sink still feeding has taken
+    (PURGE_UP_TO); how many rows of each table."""
+    # A refused message's id goes with its body: a redelivery is then decided anew, not
+    # suppressed as a duplicate of a message no longer kept anywhere. Found by way of the
+    # (small) quarantine: a scan of every message id older than the quarantine period would
+    # hold the write lock for seconds in a year-old store.
+    forgotten = db.execute(
+        "DELETE FROM messages WHERE outcome = 'quarantined' AND message_key IN"
+        " (SELECT message_key FROM quarantine WHERE received_at < ?)",
+        (quarantine_cutoff,)).rowcount
+    deleted: dict[str, int] = {}
+    for table, column, before in (
+        ("events", "accepted_at", cutoff),
+        ("messages", "received_at", cutoff),
+        ("quarantine", "received_at", quarantine_cutoff),
+        ("links", "learned_at", cutoff),
+    ):
+        deleted[table] = db.execute(f"DELETE FROM {table} WHERE {column} < ?",
+                                    (before,)).rowcount
+    deleted["messages"] += forgotten
+    deleted["outbox"] = db.execute(f"DELETE FROM outbox WHERE seq <= ({PURGE_UP_TO})").rowcount
+    return deleted

@@ -75,11 +75,16 @@ class _Capped:
         self.refused += 1
         now = asyncio.get_running_loop().time()
         if self._logged_at is None or now - self._logged_at >= REFUSALS_LOG_EVERY_S:
-            log.warning("push connection refused: %d already open (max_connections)",
-                        self.limit, extra={"source": self.name, "refused": self.refused})
+            self.log_refused()
             self._logged_at = now
-            self.refused = 0
         return _Refused()
+
+    def log_refused(self) -> None:
+        """The connections refused since the last such line, if any."""
+        if self.refused:
+            log.warning("push connections refused: %d already open (max_connections)",
+                        self.limit, extra={"source": self.name, "refused": self.refused})
+            self.refused = 0
 
 
 class PushReceiver:
@@ -93,6 +98,7 @@ class PushReceiver:
         self.last_message_at: float | None = None
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._capped: _Capped | None = None
         self._accepting = True
         self.max_bytes = max_bytes
         self._clients = ClientRules(config.tls.allowed_clients if config.tls else ())
@@ -156,8 +162,9 @@ class PushReceiver:
         await self._runner.setup()
         assert self._runner.server is not None  # noqa: S101 - made by setup()
         ssl_context = server_context(self.config.tls) if self.config.tls else None
+        self._capped = _Capped(self._runner.server, self.config.max_connections, self.name)
         self._server = await asyncio.get_running_loop().create_server(
-            _Capped(self._runner.server, self.config.max_connections, self.name),
+            self._capped,
             host or None, int(port), ssl=ssl_context, reuse_address=True,
             ssl_handshake_timeout=self.config.timeout_seconds if ssl_context else None)
         self.connected = True
@@ -171,6 +178,8 @@ class PushReceiver:
         self.connected = False
         if self._server is not None:
             self._server.close()  # no new connections; the runner ends the open ones
+        if self._capped is not None:
+            self._capped.log_refused()  # those not yet counted in a line
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -85,6 +85,8 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
     """Puts `copy` (a backup) in the place of `store`, with the gateway stopped: it claims the
     store as the gateway does. The replaced store is kept, renamed with its WAL, never deleted."""
     _a_store(copy, "backup")
+    if not store.parent.is_dir():
+        raise StoreError(f"no directory {str(store.parent)!r} for the store")
     held = claim(store)  # StoreError while a gateway (or replay) runs on it
     kept: list[Path] = []
     try:

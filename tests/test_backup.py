@@ -258,6 +258,16 @@ def test_restore_refuses_an_empty_database(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "s.db"]
 
 
+def test_restore_into_a_directory_that_is_not_there_says_so(
+    tmp_path: Path, replayed: Path,
+) -> None:
+    result = run_cli("restore", str(replayed), "--store", str(tmp_path / "gone" / "s.db"),
+                     check=False)
+    assert result.returncode == 2
+    assert "no directory" in result.stderr
+    assert "for the store" in result.stderr
+
+
 def test_metrics_for_the_textfile_collector(tmp_path: Path, replayed: Path) -> None:
     """Readable by node_exporter's user under the unit's UMask=0077; the figures match the
     backup; and a failed backup leaves the last success's figures as they were."""

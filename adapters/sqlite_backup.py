@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from adapters.files import sync_directory
 from adapters.sqlite_files import StoreError, claim, create_private, refuse_foreign
+from adapters.sqlite_schema import SCHEMA_VERSION
 
 COMPANIONS = ("-wal", "-shm")  # a store's files beside its own, which go where it goes
 
@@ -85,6 +86,7 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
     """Puts `copy` (a backup) in the place of `store`, with the gateway stopped: it claims the
     store as the gateway does. The replaced store is kept, renamed with its WAL, never deleted."""
     _a_store(copy, "backup")
+    _not_newer(copy)
     if not store.parent.is_dir():
         raise StoreError(f"no directory {str(store.parent)!r} for the store")
     held = claim(store)  # StoreError while a gateway (or replay) runs on it
@@ -126,6 +128,20 @@ def _a_store(path: Path, what: str) -> None:
         reader.close()
     if not tables:
         raise StoreError(f"{str(path)!r} is an empty SQLite database, not a {what} of a store")
+
+
+def _not_newer(copy: Path) -> None:
+    """A backup written by a later aes-gateway would be put in place, and then refused by
+    this one at every start: refused here, before anything is replaced."""
+    reader = sqlite3.connect(f"{copy.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        found = reader.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    finally:
+        reader.close()
+    if found and int(found[0][0]) > SCHEMA_VERSION:
+        raise StoreError(f"{str(copy)!r} was written by a newer aes-gateway (schema "
+                         f"{found[0][0]}; this one knows up to {SCHEMA_VERSION}): restore it "
+                         "with that version")
 
 
 def _copy_into_place(

@@ -349,3 +349,22 @@ def test_a_restore_stopped_by_sigterm_leaves_a_whole_store(tmp_path: Path, repla
     assert rows(store, "PRAGMA integrity_check") == [("ok",)]
     filler = rows(store, "SELECT name FROM sqlite_master WHERE name = 'filler'")
     assert filler == [("filler",)] or rows(store, OUTCOMES) == before
+
+
+def test_restore_refuses_a_backup_of_a_newer_gateway(tmp_path: Path, replayed: Path) -> None:
+    """Put in place, it would be refused at every start of this gateway."""
+    from adapters.sqlite_schema import SCHEMA_VERSION
+
+    newer = a_store(replayed, tmp_path / "newer.db")
+    with contextlib.closing(sqlite3.connect(newer)) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                   (str(SCHEMA_VERSION + 1),))
+        db.commit()
+    store = a_store(replayed, tmp_path / "s.db")
+    before = store.read_bytes()
+    result = run_cli("restore", str(newer), "--store", str(store), check=False)
+    assert result.returncode == 2
+    assert "written by a newer aes-gateway" in result.stderr
+    assert store.read_bytes() == before
+    assert not list(tmp_path.glob("s.db.replaced-*"))
+

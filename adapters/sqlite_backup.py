@@ -27,11 +27,15 @@ import msgspec
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from adapters.files import sync_directory
-from adapters.sqlite_files import StoreError, claim, create_private, refuse_foreign
-from adapters.sqlite_schema import SCHEMA_VERSION
-
-COMPANIONS = ("-wal", "-shm")  # a store's files beside its own, which go where it goes
-
+from adapters.sqlite_files import (
+    COMPANIONS,
+    SELECT_SCHEMA_VERSION,
+    StoreError,
+    claim,
+    create_private,
+    refuse_foreign,
+    refuse_newer,
+)
 
 BACKUP_NAME: Final = "{stem}-{stamp}.db"  # a backup's name in a backup directory
 STAMP: Final = "%Y%m%dT%H%M%SZ"  # UTC; sorts as it is named
@@ -86,7 +90,6 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
     """Puts `copy` (a backup) in the place of `store`, with the gateway stopped: it claims the
     store as the gateway does. The replaced store is kept, renamed with its WAL, never deleted."""
     _a_store(copy, "backup")
-    _not_newer(copy)
     if not store.parent.is_dir():
         raise StoreError(f"no directory {str(store.parent)!r} for the store")
     held = claim(store)  # StoreError while a gateway (or replay) runs on it
@@ -116,32 +119,21 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
 
 
 def _a_store(path: Path, what: str) -> None:
-    """A file that is a store, with its tables: an empty SQLite database put back in the
-    store's place would be taken for a new store, and every event id and link forgotten."""
+    """A file that is a store this aes-gateway knows, with its tables: an empty SQLite
+    database put back in the store's place would be taken for a new store, and every event id
+    and link forgotten; a newer gateway's store would be refused at every start."""
     if not path.is_file() or path.stat().st_size == 0:
         raise StoreError(f"no {what} at {str(path)!r}")
     refuse_foreign(path)
     reader = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     try:
-        tables = reader.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchall()
+        found = reader.execute(SELECT_SCHEMA_VERSION).fetchall()
+    except sqlite3.OperationalError:  # no meta table: refuse_foreign let an empty one pass
+        raise StoreError(f"{str(path)!r} is an empty SQLite database, not a {what} of a "
+                         "store") from None
     finally:
         reader.close()
-    if not tables:
-        raise StoreError(f"{str(path)!r} is an empty SQLite database, not a {what} of a store")
-
-
-def _not_newer(copy: Path) -> None:
-    """A backup written by a later aes-gateway would be put in place, and then refused by
-    this one at every start: refused here, before anything is replaced."""
-    reader = sqlite3.connect(f"{copy.absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        found = reader.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
-    finally:
-        reader.close()
-    if found and int(found[0][0]) > SCHEMA_VERSION:
-        raise StoreError(f"{str(copy)!r} was written by a newer aes-gateway (schema "
-                         f"{found[0][0]}; this one knows up to {SCHEMA_VERSION}): restore it "
-                         "with that version")
+    refuse_newer(repr(str(path)), found)
 
 
 def _copy_into_place(

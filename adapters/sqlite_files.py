@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -58,10 +59,13 @@ def identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+COMPANIONS: Final = ("-wal", "-shm")  # the files SQLite keeps beside a store in WAL mode
+
+
 def create_private(path: Path) -> None:
     """Create the store file (and its WAL companions) readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    for name in (path, *(Path(f"{path}{suffix}") for suffix in COMPANIONS)):
         fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
         os.chmod(name, 0o600)
@@ -109,15 +113,23 @@ def claimed_still(path: Path, held: int) -> int:
     return claimed
 
 
+SELECT_SCHEMA_VERSION: Final = "SELECT value FROM meta WHERE key = 'schema_version'"
+
+
+def refuse_newer(what: str, found: Iterable[Sequence[str]]) -> None:
+    """StoreError if the schema version `found` (SELECT_SCHEMA_VERSION's rows) is one this
+    aes-gateway does not know: a later one's store is refused, not marked as this one's."""
+    version = next(iter(found), None)
+    if version is not None and int(version[0]) > SCHEMA_VERSION:
+        raise StoreError(f"{what} was written by a newer aes-gateway (schema {version[0]}; "
+                         f"this one knows up to {SCHEMA_VERSION})")
+
+
 async def migrate(conn: aiosqlite.Connection) -> None:
     """Bring a store written by an earlier version up to this schema; refuse a later one."""
     if await conn.execute_fetchall(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"):
-        found = list(await conn.execute_fetchall(
-            "SELECT value FROM meta WHERE key = 'schema_version'"))
-        if found and int(found[0][0]) > SCHEMA_VERSION:
-            raise StoreError(f"the store was written by a newer aes-gateway (schema "
-                             f"{found[0][0]}; this one knows up to {SCHEMA_VERSION})")
+        refuse_newer("the store", await conn.execute_fetchall(SELECT_SCHEMA_VERSION))
     columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
     if columns and "pair_closed" not in columns:  # schema 1: pairing windows came later
         await conn.execute(

@@ -11,7 +11,8 @@
    (a) an empty store, (b) a store holding only the prefill (the reference for the outcomes),
    (c) the full store; prints each rate, the process's peak RSS, and checks that the outcomes
    of (b) and (c) are the same: millions of unrelated events change no decision.
-4. Prints the store's size on disk per million events and the start-up time of
+4. Prints the store's size on disk per million events, the time and memory of `aes-gateway
+   backup` of the full store, and the start-up time of
    `aes-gateway run` with the full store (process start to the first 200 from /readyz; needs
    the RabbitMQ on this machine).
 
@@ -280,6 +281,25 @@ def purge_seconds(path: Path) -> float:
     return asyncio.run(purge())
 
 
+def backup_figures(path: Path, workdir: Path) -> tuple[float, int, int]:
+    """`aes-gateway backup` of the store, as an operator's timer runs it (a process of its
+    own): wall seconds, its peak RSS in KB, bytes written. The copy is deleted afterwards."""
+    target = workdir / "backup"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    summary = workdir / "backup.json"
+    started = time.perf_counter()
+    with summary.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "backup", str(target),
+                                    "--store", str(path)], cwd=ROOT, stdout=out)
+    _, status, usage = os.wait4(process.pid, 0)  # the child's own peak RSS
+    seconds = time.perf_counter() - started
+    shutil.rmtree(target)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("aes-gateway backup failed")
+    return seconds, usage.ru_maxrss, int(json.loads(summary.read_text())["bytes"])
+
+
 def decisions(summary: dict[str, object]) -> dict[str, object]:
     """What the replay decided, without the whole-store overlap counts."""
     return {k: v for k, v in summary.items() if k not in ("overlap", "pair_outcomes")}
@@ -337,6 +357,9 @@ def main() -> None:
     same = decisions(results["prefill"]["summary"]) == decisions(results["full"]["summary"])  # type: ignore[arg-type]
     print(f"full-store decisions  {'equal the prefill-only store' if same else 'DIFFER'}")
     print(f"retention purge, full {purge_seconds(stores['full']):.2f} s (the write lock held)")
+    seconds, rss_kb, size = backup_figures(stores["full"], work)
+    print(f"backup, full store    {seconds:.2f} s for {size / 1e6:.0f} MB, quick_check included,"
+          f" peak RSS {rss_kb / 1024:.0f} MB")
     print(f"start-up, full store  {startup(stores['full'], work):.2f} s")
     print(f"start-up, empty store {startup(stores['empty'], work):.2f} s")
 

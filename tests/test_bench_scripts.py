@@ -25,6 +25,11 @@ def test_scale_script_decides_alike_with_and_without_a_big_store(tmp_path: Path)
     assert lines["measured messages"].startswith("2000 (1000 of them twins")
     for name in ("empty", "prefill", "full"):
         assert "peak RSS" in lines[f"replay into {name}"]
+    backup = re.fullmatch(r"([\d.]+) s for (\d+) MB, quick_check included, peak RSS (\d+) MB",
+                          lines["backup, full store"])
+    assert backup is not None, lines["backup, full store"]
+    assert float(backup[1]) > 0
+    assert int(backup[2]) > 0
 
 
 def test_latency_script_reads_the_gateways_histogram_next_to_the_bare_client() -> None:

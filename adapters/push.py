@@ -11,6 +11,7 @@ from typing import Final
 
 from aiohttp import web
 
+from adapters.http_limits import CappedServer
 from adapters.tls import ClientRules, server_context, subject_text
 from gateway.config import PushSource as PushConfig
 from gateway.decide import Result
@@ -43,50 +44,6 @@ class PushDelivery:
         self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
 
-REFUSALS_LOG_EVERY_S: Final = 60.0  # connections refused over the limit: a line a minute
-
-
-class _Refused(asyncio.Protocol):
-    """A connection over the limit: closed as soon as it is made."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
-class _Capped:
-    """The HTTP server's protocol factory, with at most `limit` connections open at once.
-
-    Each connection holds a file descriptor. Under systemd's default limit of 1 024, a client
-    (or a middlebox) holding 1 100 connections open left the receiver unable to accept the
-    Beskedfordeler's pushes; and CPython 3.11's accept loop, out of descriptors, schedules a
-    retry per queued connection and logs each: 17 000 error lines in 10 s, growing, in a probe
-    at stop 20. Over the limit, a connection is closed at once and counted."""
-
-    def __init__(self, server: web.Server, limit: int, name: str) -> None:
-        self.server = server
-        self.limit = limit
-        self.name = name
-        self.refused = 0
-        self._logged_at: float | None = None
-
-    def __call__(self) -> asyncio.BaseProtocol:
-        if len(self.server.connections) < self.limit:
-            return self.server()
-        self.refused += 1
-        now = asyncio.get_running_loop().time()
-        if self._logged_at is None or now - self._logged_at >= REFUSALS_LOG_EVERY_S:
-            self.log_refused()
-            self._logged_at = now
-        return _Refused()
-
-    def log_refused(self) -> None:
-        """The connections refused since the last such line, if any."""
-        if self.refused:
-            log.warning("push connections refused: %d already open (max_connections)",
-                        self.limit, extra={"source": self.name, "refused": self.refused})
-            self.refused = 0
-
-
 class PushReceiver:
     def __init__(
         self, config: PushConfig, intake: asyncio.Queue[Delivery], max_bytes: int
@@ -96,9 +53,7 @@ class PushReceiver:
         self.name = f"push:{config.listen}"
         self.connected = False
         self.last_message_at: float | None = None
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
-        self._capped: _Capped | None = None
+        self._http: CappedServer | None = None
         self._accepting = True
         self.max_bytes = max_bytes
         self._clients = ClientRules(config.tls.allowed_clients if config.tls else ())
@@ -155,18 +110,10 @@ class PushReceiver:
         return b"".join(chunks)
 
     async def start(self, stop: asyncio.Event) -> bool:
-        host, _, port = self.config.listen.rpartition(":")
-        # keepalive_timeout: aiohttp's default keeps an idle connection for an hour
-        self._runner = web.AppRunner(self.app, access_log=None,
-                                     keepalive_timeout=self.config.idle_seconds)
-        await self._runner.setup()
-        assert self._runner.server is not None  # noqa: S101 - made by setup()
+        self._http = CappedServer(self.app, self.config.listen, self.name,
+                                  self.config.max_connections, self.config.idle_seconds)
         ssl_context = server_context(self.config.tls) if self.config.tls else None
-        self._capped = _Capped(self._runner.server, self.config.max_connections, self.name)
-        self._server = await asyncio.get_running_loop().create_server(
-            self._capped,
-            host or None, int(port), ssl=ssl_context, reuse_address=True,
-            ssl_handshake_timeout=self.config.timeout_seconds if ssl_context else None)
+        await self._http.start(ssl_context, handshake_timeout=self.config.timeout_seconds)
         self.connected = True
         log.info("push receiver listening", extra={"source": self.name})
         return True
@@ -176,12 +123,8 @@ class PushReceiver:
 
     async def close(self) -> None:
         self.connected = False
-        if self._server is not None:
-            self._server.close()  # no new connections; the runner ends the open ones
-        if self._capped is not None:
-            self._capped.log_refused()  # those not yet counted in a line
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
 
     async def settle(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
         _resolve(deliveries, True)

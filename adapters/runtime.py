@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from adapters.amqp import AmqpSink, AmqpSource, plain_connector
 from adapters.files import JsonlSink
+from adapters.http_limits import CappedServer
 from adapters.mqtt import MqttSink
 from adapters.push import PushReceiver
 from adapters.sqlite import Store, StoreError
@@ -151,7 +152,9 @@ async def _observe_once(service: Service, store: Store, metrics: Metrics) -> Non
                 time.time() - (loop.time() - source.last_message_at))
 
 
-async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRunner:
+async def _health(
+    service: Service, listen: str, http: cfg.HttpConfig, metrics: Metrics
+) -> CappedServer:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -169,18 +172,12 @@ async def _health(service: Service, listen: str, metrics: Metrics) -> web.AppRun
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", scrape)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, _, port = listen.rpartition(":")
+    server = CappedServer(app, listen, f"http:{listen}", http.max_connections, http.idle_seconds)
     try:
-        await web.TCPSite(runner, host or None, int(port)).start()
+        await server.start()
     except OSError as exc:  # said with the setting it is about
-        await runner.cleanup()
         raise OSError(f"[http] listen {listen}: {exc.strerror or exc}") from exc
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    return server
 
 
 OPEN_FILES_WANTED = 65536  # when the hard limit is unlimited
@@ -265,8 +262,8 @@ async def run(
             "sinks": [relay.name for relay in relays],
             "open_files_limit": open_files})
         if config.http.listen:
-            health = await _health(service, config.http.listen, metrics)
-            opened.push_async_callback(_quietly, health.cleanup)
+            health = await _health(service, config.http.listen, config.http, metrics)
+            opened.push_async_callback(_quietly, health.close)
         observer = asyncio.create_task(_observe(service, store, metrics, config, clock))
         opened.push_async_callback(_cancelled, observer)
         stop = stop or asyncio.Event()

@@ -156,6 +156,9 @@ class ProcessingConfig(Strict):
 
 class HttpConfig(Strict):
     listen: str | None = "127.0.0.1:9464"
+    # As a push receiver's (see PushSource); Prometheus keeps its connection between scrapes.
+    idle_seconds: float = 120.0
+    max_connections: int = 32
 
 
 class Config(Strict):
@@ -289,6 +292,8 @@ def _validate(config: Config) -> None:
                 or source.max_connections < 1):
             raise ConfigError(f"sources[{index}]: timeout_seconds and idle_seconds must be above "
                               "0, max_connections at least 1")
+    if not config.http.idle_seconds > 0 or config.http.max_connections < 1:
+        raise ConfigError("http: idle_seconds must be above 0, max_connections at least 1")
     for index, sink in enumerate(config.sinks):
         if isinstance(sink, AmqpSink) and sink.confirm_window < 1:
             raise ConfigError(f"sinks[{index}].confirm_window must be at least 1")
@@ -402,7 +407,9 @@ def explain(config: Config) -> list[str]:
             permissions = "new files 0600" if mode is None else f"mode {mode:04o}"
             what = f"JSON Lines file {os.path.abspath(sink.path)} ({permissions}, {rotate})"
         lines.append(f"sink: {what}, CPR {sink.cpr}")
-    lines.append(f"http: {config.http.listen or 'off'}")
+    http = config.http
+    lines.append(f"http: {http.listen} (up to {http.max_connections} connections, idle ones "
+                 f"closed after {http.idle_seconds:g} s)" if http.listen else "http: off")
     return lines
 
 

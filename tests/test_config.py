@@ -110,6 +110,8 @@ def test_an_allowed_client_rule_reads_short_and_long_names() -> None:
         ("[processing]\nparse_workers = -1\n" + MINIMAL, "parse_workers must be at least 0"),
         *((PUSH_LOCAL + setting, r"sources\[0\]: timeout_seconds and idle_seconds must be")
           for setting in ("max_connections = 0", "idle_seconds = 0", "timeout_seconds = -1")),
+        *((MINIMAL + "[http]\n" + setting, "http: idle_seconds must be above 0, max_connections")
+          for setting in ("max_connections = 0", "idle_seconds = 0")),
     ],
 )
 def test_invalid_configurations_say_why(text: str, message: str) -> None:
@@ -140,6 +142,7 @@ def test_config_check_explains_without_showing_passwords(tmp_path: Path) -> None
     assert f"store: {ROOT / 'gateway.db'} (" in out
     assert (f"sink: JSON Lines file {ROOT / 'out.jsonl'} (new files 0600, a new file past "
             "100 MiB), CPR full") in out
+    assert "http: 127.0.0.1:9464 (up to 32 connections, idle ones closed after 120 s)" in out
 
 
 @pytest.mark.parametrize(

@@ -26,10 +26,10 @@ from tests.test_push import PUSH_BODY, free_port, status_code
 SYSTEMD_DEFAULT = (1024, 1024)  # soft and hard: as if the hard limit left nothing to raise
 
 
-def gateway(workdir: Path, port: int, limits: tuple[int, int], extra: str = "",
+def gateway(workdir: Path, port: int, limits: tuple[int, int], extra: str = "", http: str = "",
             ) -> subprocess.Popen[bytes]:
     config = workdir / "g.toml"
-    config.write_text(push_to_jsonl(workdir, port, extra))
+    config.write_text(push_to_jsonl(workdir, port, extra) + (f"[http]\n{http}" if http else ""))
     return subprocess.Popen(
         [*CLI, "run", "--config", str(config)], cwd=ROOT,
         env={**os.environ, "AES_GATEWAY_LOG_LEVEL": "INFO"}, stdout=subprocess.DEVNULL,
@@ -78,35 +78,69 @@ def room_for_clients(count: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def test_many_idle_connections_neither_starve_nor_flood_the_gateway(tmp_path: Path) -> None:
-    room_for_clients(1100)  # and the gateway's 1 024 within this process's hard limit
-    port = free_port()
-    process = gateway(tmp_path, port, SYSTEMD_DEFAULT, "idle_seconds = 1\nmax_connections = 64")
+def flood(port: int, count: int) -> int:
+    """Holds `count` connections to `port` open, sending nothing, for 3 s; returns how many
+    of them the gateway left open."""
     held: list[socket.socket] = []
     try:
         held.append(connect_when_up(port))
-        for _ in range(1099):
+        for _ in range(count - 1):
             held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         time.sleep(3)  # the idle timeout passes; those over the limit were closed at once
         for connection in held:
             connection.settimeout(0.01)
-        still_open = sum(not closed_by_server(connection) for connection in held)
-        answered = push(port)
+        return sum(not closed_by_server(connection) for connection in held)
     finally:
         for connection in held:
             connection.close()
-        process.terminate()
-        process.wait(timeout=30)
-    assert still_open == 0, "every connection closed: over the limit, or idle"
-    assert answered == 20
-    lines = log_lines(tmp_path)
+
+
+def check_log(workdir: Path, limit: int, count: int) -> None:
+    lines = log_lines(workdir)
     errors = [line for line in lines if line["level"] in ("error", "critical")]
     assert errors == [], errors[:3]
     refusals = [line for line in lines if "refused" in str(line["msg"])]
     assert len(refusals) == 2, "the first at once, the rest counted in a line at the stop"
     refused = sum(int(line["refused"]) for line in refusals)  # type: ignore[call-overload]
-    assert 64 < refused <= 1100 - 64, "the idle ones closed meanwhile made room for others"
+    assert limit < refused <= count - limit, "the idle ones closed meanwhile made room for others"
     assert len(lines) < 30
+
+
+def test_many_idle_connections_neither_starve_nor_flood_the_gateway(tmp_path: Path) -> None:
+    room_for_clients(1100)  # and the gateway's 1 024 within this process's hard limit
+    port = free_port()
+    process = gateway(tmp_path, port, SYSTEMD_DEFAULT, "idle_seconds = 1\nmax_connections = 64")
+    try:
+        still_open = flood(port, 1100)
+        answered = push(port)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert still_open == 0, "every connection closed: over the limit, or idle"
+    assert answered == 20
+    check_log(tmp_path, 64, 1100)
+
+
+def test_the_metrics_port_is_held_to_the_same_limits(tmp_path: Path) -> None:
+    """The metrics and health port shares the gateway's descriptors with the push receiver;
+    set to listen beyond loopback for Prometheus, it met the same 1 100 connections."""
+    room_for_clients(1100)
+    port, metrics_port = free_port(), free_port()
+    process = gateway(tmp_path, port, SYSTEMD_DEFAULT, http=(
+        f'listen = "127.0.0.1:{metrics_port}"\nidle_seconds = 1\nmax_connections = 16\n'))
+    try:
+        still_open = flood(metrics_port, 1100)
+        url = f"http://127.0.0.1:{metrics_port}/healthz"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            alive = json.loads(response.read())
+        answered = push(port)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert still_open == 0, "every connection closed: over the limit, or idle"
+    assert alive == {"status": "alive"}
+    assert answered == 20
+    check_log(tmp_path, 16, 1100)
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,9 +76,11 @@ def backup(store: Path, dest: Path, keep: int | None = None) -> Made:
 
 def _keep_newest(directory: Path, stem: str, keep: int) -> list[str]:
     """Deletes all but the newest `keep` backups of the store named `stem` in `directory`:
-    only files named as `backup` names them, nothing else there."""
+    only files named as `backup` names them, nothing else there (not a directory or a
+    symbolic link named so either)."""
     named = re.compile(re.escape(stem) + r"-\d{8}T\d{6}Z\.db")
-    backups = sorted(p for p in directory.iterdir() if named.fullmatch(p.name))
+    backups = sorted(p for p in directory.iterdir()
+                     if named.fullmatch(p.name) and stat.S_ISREG(p.lstat().st_mode))
     old = backups[: max(len(backups) - keep, 0)]
     for path in old:
         path.unlink()
@@ -210,10 +213,13 @@ def write_metrics(path: Path, made: Made) -> None:
     for name, description, value in figures:
         Gauge(f"aes_gateway_backup_{name}", description, registry=registry).set(value)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    descriptor = os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
     try:
-        os.fchmod(descriptor, 0o644)
-        os.write(descriptor, generate_latest(registry))
-    finally:
-        os.close(descriptor)
-    os.rename(partial, path)
+        with open(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644), "wb") as out:
+            os.fchmod(out.fileno(), 0o644)
+            out.write(generate_latest(registry))
+        os.rename(partial, path)
+    except OSError as exc:  # the backup is made: said so, and no temporary file left
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise OSError(f"the backup {made.backup} was made, but its metrics could not be "
+                      f"written to {str(path)!r}: {exc.strerror or exc}") from exc

@@ -198,6 +198,10 @@ def test_into_a_directory_named_by_time_keeping_the_newest(
     others = ["gateway-notes.db", "other-20240101T000000Z.db", "notes.txt"]
     for name in (*older, *others):
         (backups / name).write_text(name)
+    # named as a backup, and none: a directory and a symbolic link
+    (backups / "gateway-20200101T000000Z.db").mkdir()
+    (backups / "gateway-20210101T000000Z.db").symlink_to(backups / "notes.txt")
+    others += ["gateway-20200101T000000Z.db", "gateway-20210101T000000Z.db"]
 
     made = json.loads(run_cli("backup", str(backups), "--store", str(store),
                               "--keep", "2").stdout)
@@ -293,6 +297,16 @@ def test_metrics_for_the_textfile_collector(tmp_path: Path, replayed: Path) -> N
     assert failed.returncode == 2
     assert prom.read_bytes() == written
     assert sorted(p.name for p in tmp_path.iterdir() if ".prom" in p.name) == [prom.name]
+
+    unwritable = tmp_path / "a-directory.prom"  # the metrics' path taken by a directory
+    unwritable.mkdir()
+    made_anyway = run_cli("backup", str(tmp_path / "c.db"), "--store", str(store),
+                          "--metrics", str(unwritable), check=False)
+    assert made_anyway.returncode == 2
+    assert f"the backup {tmp_path / 'c.db'} was made, but its metrics" in made_anyway.stderr
+    assert rows(tmp_path / "c.db", OUTCOMES) == rows(store, OUTCOMES)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".prom" in p.name) == [
+        unwritable.name, prom.name]  # no temporary file left
 
 
 def a_big_store(path: Path, megabytes: int = 300) -> Path:

@@ -52,6 +52,16 @@ class Made(msgspec.Struct, frozen=True):
     deleted: list[str]
 
 
+class Restored(msgspec.Struct, frozen=True):
+    """A restore as done: the store, the backup it came from, its events, and where the
+    replaced store was kept (None when there was none)."""
+
+    restored: str
+    backup: str = msgspec.field(name="from")
+    events: int
+    replaced_store_kept_as: str | None
+
+
 def backup(store: Path, dest: Path, keep: int | None = None) -> Made:
     """Copies `store` to `dest`, a new file, or into `dest`, a directory, under the store's
     name and the UTC time. With `keep`, only the newest `keep` backups of this store in that
@@ -89,7 +99,7 @@ def _keep_newest(directory: Path, stem: str, keep: int) -> list[str]:
     return [str(path.absolute()) for path in old]
 
 
-def restore(copy: Path, store: Path) -> dict[str, object]:
+def restore(copy: Path, store: Path) -> Restored:
     """Puts `copy` (a backup) in the place of `store`, with the gateway stopped: it claims the
     store as the gateway does. The replaced store is kept, renamed with its WAL, never deleted."""
     _a_store(copy, "backup")
@@ -117,8 +127,8 @@ def restore(copy: Path, store: Path) -> dict[str, object]:
         events = _copy_into_place(copy, store, move_aside)
     finally:
         os.close(held)
-    return {"restored": str(store.absolute()), "from": str(copy.absolute()), "events": events,
-            "replaced_store_kept_as": str(kept[0].absolute()) if kept else None}
+    return Restored(str(store.absolute()), str(copy.absolute()), events,
+                    str(kept[0].absolute()) if kept else None)
 
 
 def _a_store(path: Path, what: str) -> None:

@@ -108,7 +108,7 @@ def _dispatch_at_once(args: argparse.Namespace) -> int | None:
         _write_json("-", msgspec.to_builtins(made))
         return 0
     if command == "restore":
-        _write_json("-", sqlite_backup.restore(args.backup, args.store))
+        _write_json("-", msgspec.to_builtins(sqlite_backup.restore(args.backup, args.store)))
         return 0
     if command == "config":
         loaded = config.load(args.config)

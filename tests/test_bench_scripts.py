@@ -45,6 +45,24 @@ def test_latency_script_reads_the_gateways_histogram_next_to_the_bare_client() -
     assert 0 < float(bare[1]) <= float(bare[2])
 
 
+def test_soak_script_samples_the_gateways_memory_until_everything_is_committed() -> None:
+    result = bench("soak.py", "--rate", "200", "--minutes", "0.1", "--sample-s", "2",
+                   timeout=300)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if re.match(r"\s*\d+s ", line)]
+    assert len(rows) >= 2, result.stdout
+    published, committed = int(rows[-1][1]), int(rows[-1][2])
+    assert published == committed == 1200  # 0.1 minutes at 200 msg/s, every one decided
+    assert all(float(row[3]) > 20 for row in rows), "the gateway's RSS, in MB"
+    lines = {line[:20].strip(): line[20:].strip() for line in result.stdout.splitlines()}
+    growth = re.fullmatch(r"[\d.]+ MB after \d+ s \(\d+ messages\), [\d.]+ MB at the end "
+                          r"\(1200\): [+-][\d.]+ MB, [+-][\d.]+ MB per 100 000 messages",
+                          lines["gateway RSS"])
+    assert growth is not None, lines["gateway RSS"]
+    assert lines["receive -> commit"].endswith("over 1200 messages")
+
+
 def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:
     result = bench("latency.py", "--rate", "200", "--seconds", "2", "--slow-fsync-ms", "30",
                    timeout=300)

@@ -1,0 +1,177 @@
+"""The live gateway's memory over a long steady run, while its store grows.
+
+    .venv/bin/python bench/soak.py [--rate 500] [--minutes 10] [--sample-s 30]
+
+Runs `aes-gateway run` in a process of its own (two mailboxes on the RabbitMQ of this machine
+in; the canonical exchange, a Mosquitto of its own and a JSON Lines file out) and publishes
+fresh simulated traffic at a steady rate: a new seed for every 20 000 messages, so that the
+store keeps growing as in production. Every `--sample-s` it prints the messages published and
+committed, the resident memory (RSS) of the gateway and of its parse worker, and the store's
+size. At the end: the gateway's RSS after its warm-up (the first minute, or the first fifth
+of a longer run) and at the end, its growth per
+100 000 messages, and the receive -> commit p99 of the whole run. A gateway whose memory grows
+with the traffic (a cache, a map of deliveries, a metric's labels) shows here, long before a
+municipality's service runs out of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aio_pika
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.latency import buckets, publish_at, quantile  # noqa: E402
+from gateway.simulate import simulate  # noqa: E402
+from tests import brokers  # noqa: E402
+from tests.mosquitto import Mosquitto, free_port  # noqa: E402
+
+CHUNK = 20_000  # messages simulated with one seed
+CASES_PER_CHUNK = int(CHUNK / 6.7) + 1  # simulated cases give about 6.7 messages each
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of process `pid`, in MB; 0 when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0.0
+    line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def store_mb(workdir: Path) -> float:
+    """The store's files, the WAL included."""
+    return sum(p.stat().st_size for p in workdir.glob("gateway.db*")) / 1e6
+
+
+def committed(port: int) -> int:
+    """Messages whose outcome the gateway has committed, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return int(sum(sample.value for family in text_string_to_metric_families(text)
+                   if family.name == "aes_gateway_messages"
+                   for sample in family.samples if sample.name.endswith("_total")))
+
+
+async def delete_collectors(topo: brokers.Topology) -> None:
+    """The queues that collect what the gateway emits: nobody reads them here, and the broker
+    would keep every event of the run."""
+    connection = await aio_pika.connect(brokers.AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for name in (topo.events_queue, topo.quarantine_queue):
+            await channel.queue_delete(name)
+
+
+async def publish_fresh(topo: brokers.Topology, rate: float, total: int, seed: int,
+                        published: list[int]) -> None:
+    """`total` messages at `rate`, a new simulation (and seed) for every CHUNK of them."""
+    while published[0] < total:
+        sim = simulate(CASES_PER_CHUNK, seed + published[0], bad_share=0.03, scenarios=False)
+        streams = brokers.streams(topo, sim.messages)[: min(CHUNK, total - published[0])]
+        for start in range(0, len(streams), 1000):  # counted as it goes
+            piece = streams[start: start + 1000]
+            await publish_at(rate, piece)
+            published[0] += len(piece)
+
+
+async def soak(args: argparse.Namespace, workdir: Path) -> None:
+    total = int(args.rate * args.minutes * 60)
+    topo = await brokers.declare()
+    await delete_collectors(topo)
+    mosquitto = Mosquitto(workdir)
+    mosquitto.start()
+    port = free_port()
+    config = workdir / "gateway.toml"
+    config.write_text(brokers.config_toml(topo, str(workdir / "gateway.db")).replace(
+        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"') + f"""
+[[sinks]]
+type = "mqtt"
+url = "mqtt://127.0.0.1:{mosquitto.port}"
+topic_prefix = "soak"
+[[sinks]]
+type = "jsonl"
+path = "{workdir / 'canonical.jsonl'}"
+rotate_bytes = 104857600
+""")
+    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",  # noqa: ASYNC220 - started once
+                                "--config", str(config)], cwd=ROOT, env=env)
+    published = [0]
+    samples: list[tuple[float, int, int, float, float]] = []
+    try:
+        for _ in range(200):  # until it listens
+            try:
+                committed(port)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        publisher = asyncio.create_task(publish_fresh(topo, args.rate, total, args.seed,
+                                                      published))
+        started = time.monotonic()
+        print(f"{'time':>6} {'published':>10} {'committed':>10} {'gateway RSS':>12} "
+              f"{'worker RSS':>11} {'store MB':>9}")
+        while not publisher.done() or committed(port) < published[0]:
+            await asyncio.wait({publisher}, timeout=args.sample_s)
+            if publisher.done() and publisher.exception() is not None:
+                raise publisher.exception()  # type: ignore[misc]
+            worker = sum(rss_mb(child) for child in children(gateway.pid))
+            store = store_mb(workdir)
+            sample = (time.monotonic() - started, published[0], committed(port),
+                      rss_mb(gateway.pid), worker)
+            samples.append(sample)
+            print(f"{sample[0]:5.0f}s {sample[1]:10d} {sample[2]:10d} {sample[3]:9.1f} MB "
+                  f"{sample[4]:8.1f} MB {store:9.1f}")
+        cumulative = buckets(port)
+    finally:
+        gateway.terminate()
+        gateway.wait()
+        mosquitto.stop()
+        await brokers.delete(topo)
+    # after the warm-up: the first minute, or the first fifth of a longer run
+    warm = next((s for s in samples if s[0] >= max(60, samples[-1][0] / 5)), samples[0])
+    end = samples[-1]
+    growth = end[3] - warm[3]
+    per_100k = growth / max(end[2] - warm[2], 1) * 100_000
+    print(f"gateway RSS         {warm[3]:.1f} MB after {warm[0]:.0f} s ({warm[2]} messages), "
+          f"{end[3]:.1f} MB at the end ({end[2]}): {growth:+.1f} MB, {per_100k:+.2f} MB per "
+          "100 000 messages")
+    print(f"peak                gateway {max(s[3] for s in samples):.1f} MB, worker "
+          f"{max(s[4] for s in samples):.1f} MB")
+    print(f"receive -> commit   p99 {quantile(0.99, cumulative) * 1000:.1f} ms over "
+          f"{cumulative[-1][1]:.0f} messages")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--sample-s", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aes-soak-") as workdir:
+        asyncio.run(soak(args, Path(workdir)))
+
+
+if __name__ == "__main__":
+    main()

@@ -176,6 +176,9 @@ def test_restore_puts_the_backup_back_and_keeps_the_replaced_store(
     restored = json.loads(run_cli("restore", str(copy), "--store", str(store)).stdout)
     assert rows(store, OUTCOMES) == before
     assert store.stat().st_mode & 0o777 == 0o600
+    assert (restored["restored"], restored["from"]) == (str(store.absolute()),
+                                                       str(copy.absolute()))
+    assert restored["events"] > 0
     kept = Path(str(restored["replaced_store_kept_as"]))
     assert rows(kept, OUTCOMES) == after, "the replaced store, whole, with its WAL"
     assert not Path(f"{store}-wal").exists()

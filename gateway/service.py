@@ -85,6 +85,7 @@ class Service:
         self._busy = False
         self._last_activity = 0.0
         self._relays_started = False
+        self._stopping = False
 
     @property
     def ready(self) -> bool:
@@ -149,7 +150,9 @@ class Service:
         """Backpressure, not loss: while a sink is too far behind, take no more input (AMQP
         deliveries wait unacknowledged in the broker, push answers 40 once the intake is full)."""
         bounded = [r for r in self.relays if r.max_backlog is not None]
-        while bounded:
+        # Stopping, the sources take nothing more: what they delivered is decided, behind
+        # the backlog as it is. Held back, it would hold the stop for as long as the sink lags.
+        while bounded and not self._stopping:
             end = await self.pipeline.store.outbox_end()
             behind = [(r.name, end - r.position) for r in bounded
                       if end - r.position > (r.max_backlog or 0)]
@@ -229,6 +232,7 @@ class Service:
         self, batcher: asyncio.Task[None], relays: list[asyncio.Task[None]]
     ) -> None:
         """Stop taking input, decide and acknowledge what was delivered, let sinks catch up."""
+        self._stopping = True
         for source in self.sources:
             with contextlib.suppress(Exception):
                 await source.stop_consuming()

@@ -62,3 +62,32 @@ def test_a_lagging_sink_throttles_the_intake_until_it_catches_up() -> None:
     assert throttled
     assert commits >= 1
     assert settled == 5
+
+
+def test_a_stop_while_throttled_decides_what_was_delivered_without_waiting_for_the_sink() -> None:
+    """Found by bench/soak.py --mqtt-down: with the MQTT broker gone and the intake throttled,
+    SIGTERM never ended the gateway (a service manager kills it after its timeout)."""
+
+    async def scenario() -> tuple[int, int, bool]:
+        store, settler = MemoryStore(outbox_len=100), Settler()
+        relay = Relay(store, Sink(), max_backlog=10)  # type: ignore[arg-type]
+        intake: asyncio.Queue[Delivery] = asyncio.Queue()
+        service = Service(Pipeline(store), intake, [], [relay])  # type: ignore[arg-type]
+        relay.run = lambda *a, **k: asyncio.sleep(3600)  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        for _ in range(5):
+            intake.put_nowait(Item(settler))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        throttled = service.throttled
+        stop.set()
+        await asyncio.sleep(1.0)  # the sink is as far behind as it was
+        settled_while_behind = settler.settled
+        relay.position = 100  # so that the stop need not wait its 10 s for the sink
+        await asyncio.wait_for(task, 10)
+        return settled_while_behind, store.commits, throttled
+
+    settled, commits, throttled = asyncio.run(scenario())
+    assert throttled
+    assert settled == 5, "decided and acknowledged at the stop, the sink still behind"
+    assert commits >= 1

@@ -54,7 +54,7 @@ class Pipeline:
                 return await pool.prepare([d.raw for d in deliveries])
             return self.prepare(deliveries)
         except Exception:
-            await _fail(deliveries)
+            await hand_back(deliveries)
             raise
 
     async def process(self, deliveries: Sequence[Delivery]) -> list[Result]:
@@ -73,7 +73,7 @@ class Pipeline:
             else:
                 await self.store.commit(batch, results, effects)
         except Exception:
-            await _fail(deliveries)
+            await hand_back(deliveries)
             raise
         for settler, group in _by_settler(deliveries, results if deliveries else []).items():
             try:
@@ -119,7 +119,8 @@ class Pipeline:
         return decided, results
 
 
-async def _fail(deliveries: Sequence[Delivery]) -> None:
+async def hand_back(deliveries: Sequence[Delivery]) -> None:
+    """Each delivery back to its source, undecided: it is delivered again."""
     for settler, group in _by_settler(deliveries, [None] * len(deliveries)).items():
         await settler.fail([d for d, _ in group])
 

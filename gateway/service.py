@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from gateway.pipeline import Outage, Pipeline, Relay
+from gateway.pipeline import Outage, Pipeline, Relay, hand_back
 from gateway.ports import Delivery
 
 log = logging.getLogger("aes_gateway.service")
@@ -119,6 +119,16 @@ class Service:
                 failed.append(error)
                 stop.set()
 
+        def ended(task: asyncio.Task[None]) -> None:
+            """The batcher ends only when cancelled at the stop. Ended by a bug, nothing would
+            be decided again while the gateway looked alive: it stops instead, with an error,
+            and its service manager starts it again."""
+            if not task.cancelled() and (error := task.exception()) is not None:
+                log.critical("deciding batches failed; stopping", exc_info=error)
+                failed.append(error)
+                stop.set()
+
+        batcher.add_done_callback(ended)
         starting = [asyncio.create_task(source.start(stop), name=source.name)
                     for source in self.sources]
         for task in starting:
@@ -140,8 +150,13 @@ class Service:
             batch = [await self.intake.get()]
             self._busy = True
             try:
-                await self._throttle()
-                await self._fill(batch)
+                try:
+                    await self._throttle()
+                    await self._fill(batch)
+                except Exception:  # the store failing where it is only read (an I/O error)
+                    await hand_back(batch)
+                    await self._store_failed("reading the store for a batch failed")
+                    continue  # raised, it would end this task, and nothing would be decided
                 await self._process(batch)
             finally:
                 self._busy = False
@@ -196,17 +211,21 @@ class Service:
         try:
             await self.pipeline.commit(prepared, batch)
         except Exception:  # the store cannot write: nothing was acknowledged
-            self.store_ok = False
-            log.exception("batch not committed; the sources get the messages back")
-            # nacked / answered 40: the sources deliver them again, after a growing pause
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, 5.0)
+            await self._store_failed("batch not committed")
             return
         self.store_ok = True
         self._backoff = 0.25
         self._last_activity = asyncio.get_running_loop().time()
         for relay in self.relays:
             relay.wake.set()
+
+    async def _store_failed(self, what: str) -> None:
+        """Logged with the exception being handled; the batch's deliveries were handed back
+        (nacked, answered 40): the sources deliver them again, after a growing pause."""
+        self.store_ok = False
+        log.exception("%s; the sources get the messages back", what)
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, 5.0)
 
     async def _caught_up(self) -> bool:
         for relay in self.relays:
@@ -236,7 +255,7 @@ class Service:
         for source in self.sources:
             with contextlib.suppress(Exception):
                 await source.stop_consuming()
-        while not self.intake.empty() or self._busy:  # noqa: ASYNC110 - two conditions, polled
+        while (not self.intake.empty() or self._busy) and not batcher.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         batcher.cancel()
         for relay in self.relays:

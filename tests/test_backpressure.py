@@ -17,12 +17,13 @@ from tests.helpers import raw
 class Settler:
     def __init__(self) -> None:
         self.settled = 0
+        self.failed = 0
 
     async def settle(self, deliveries: Sequence[Delivery], results: Sequence[Result]) -> None:
         self.settled += len(deliveries)
 
     async def fail(self, deliveries: Sequence[Delivery]) -> None:
-        return None
+        self.failed += len(deliveries)
 
 
 class Item:
@@ -91,3 +92,70 @@ def test_a_stop_while_throttled_decides_what_was_delivered_without_waiting_for_t
     assert throttled
     assert settled == 5, "decided and acknowledged at the stop, the sink still behind"
     assert commits >= 1
+
+
+class FlakyStore(MemoryStore):
+    """The backlog cannot be read once (a read of the store failing: an I/O error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def outbox_end(self) -> int:
+        self.reads += 1
+        if self.reads == 1:
+            raise OSError("disk I/O error")
+        return 0
+
+
+def test_a_failed_read_of_the_backlog_hands_the_batch_back_and_goes_on() -> None:
+    """A failure before the batch was decided ended the batcher's task: nothing noticed it,
+    and no message was decided again until a restart, the deliveries held unacknowledged."""
+
+    async def scenario() -> tuple[int, int, bool, bool]:
+        store, settler = FlakyStore(), Settler()
+        relay = Relay(store, Sink(), max_backlog=10)  # type: ignore[arg-type]
+        intake: asyncio.Queue[Delivery] = asyncio.Queue()
+        service = Service(Pipeline(store), intake, [], [relay])  # type: ignore[arg-type]
+        relay.run = lambda *a, **k: asyncio.sleep(3600)  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        intake.put_nowait(Item(settler))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        store_ok_after_failure = service.store_ok
+        await asyncio.sleep(1.0)  # its pause after a failure
+        for _ in range(3):
+            intake.put_nowait(Item(settler))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return settler.failed, settler.settled, store_ok_after_failure, service.store_ok
+
+    failed, settled, ok_after_failure, ok_at_end = asyncio.run(scenario())
+    assert failed == 1, "handed back to its source, which delivers it again"
+    assert settled == 3, "the batcher goes on"
+    assert not ok_after_failure
+    assert ok_at_end
+
+
+def test_a_batcher_ended_by_a_bug_stops_the_gateway_instead_of_leaving_it_idle() -> None:
+    async def scenario() -> BaseException | None:
+        store, settler = MemoryStore(), Settler()
+        intake: asyncio.Queue[Delivery] = asyncio.Queue()
+        service = Service(Pipeline(store), intake, [], [])
+
+        async def bug(batch: list[Delivery]) -> None:
+            raise RuntimeError("a bug after the commit")
+
+        service._process = bug  # type: ignore[method-assign]
+        task = asyncio.create_task(service.run(asyncio.Event()))
+        for _ in range(3):
+            intake.put_nowait(Item(settler))  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(task, 5)
+        except RuntimeError as error:
+            return error
+        return None
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, RuntimeError), "the run ends with the bug, not idle for ever"

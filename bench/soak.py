@@ -8,22 +8,27 @@ fresh simulated traffic at a steady rate: a new seed for every 20 000 messages, 
 store keeps growing as in production. Every `--sample-s` it prints the messages published and
 committed, the resident memory (RSS) of the gateway and of its parse worker, and the store's
 size. At the end: the gateway's RSS after its warm-up (the first minute, or the first fifth
-of a longer run) and at the end, its growth per
-100 000 messages, and the receive -> commit p99 of the whole run. A gateway whose memory grows
-with the traffic (a cache, a map of deliveries, a metric's labels) shows here, long before a
+of a longer run) and at the end, its growth per 100 000 messages, the gateway's log lines by
+level, and the receive -> commit p99 of the whole run. A gateway whose memory grows with the
+traffic (a cache, a map of deliveries, a metric's labels) shows here, long before a
 municipality's service runs out of it.
+
+`--mqtt-down` leaves the MQTT sink without a broker for the whole run, as in a long outage
+downstream: its events wait in the store, and the memory must not grow with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import aio_pika
@@ -99,7 +104,8 @@ async def soak(args: argparse.Namespace, workdir: Path) -> None:
     topo = await brokers.declare()
     await delete_collectors(topo)
     mosquitto = Mosquitto(workdir)
-    mosquitto.start()
+    if not args.mqtt_down:
+        mosquitto.start()  # else the MQTT sink's port has no broker for the whole run
     port = free_port()
     config = workdir / "gateway.toml"
     config.write_text(brokers.config_toml(topo, str(workdir / "gateway.db")).replace(
@@ -108,14 +114,17 @@ async def soak(args: argparse.Namespace, workdir: Path) -> None:
 type = "mqtt"
 url = "mqtt://127.0.0.1:{mosquitto.port}"
 topic_prefix = "soak"
+{"max_backlog = 100000000  # waiting in the store, not throttling" if args.mqtt_down else ""}
 [[sinks]]
 type = "jsonl"
 path = "{workdir / 'canonical.jsonl'}"
 rotate_bytes = 104857600
 """)
-    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "ERROR"}
+    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "INFO"}
+    log_file = workdir / "gateway.log"
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",  # noqa: ASYNC220 - started once
-                                "--config", str(config)], cwd=ROOT, env=env)
+                                "--config", str(config)], cwd=ROOT, env=env,
+                               stderr=log_file.open("wb"))
     published = [0]
     samples: list[tuple[float, int, int, float, float]] = []
     try:
@@ -131,7 +140,16 @@ rotate_bytes = 104857600
         print(f"{'time':>6} {'published':>10} {'committed':>10} {'gateway RSS':>12} "
               f"{'worker RSS':>11} {'store MB':>9}")
         while not publisher.done() or committed(port) < published[0]:
-            await asyncio.wait({publisher}, timeout=args.sample_s)
+            if publisher.done():  # the last of it: until all is committed, or the next sample
+                for _ in range(max(1, round(args.sample_s / 0.2))):
+                    if committed(port) >= published[0]:
+                        break
+                    await asyncio.sleep(0.2)
+                if samples and committed(port) == samples[-1][2]:
+                    raise SystemExit(f"the gateway committed nothing in {args.sample_s} s, "
+                                     f"{published[0] - samples[-1][2]} messages short")
+            else:
+                await asyncio.wait({publisher}, timeout=args.sample_s)
             if publisher.done() and publisher.exception() is not None:
                 raise publisher.exception()  # type: ignore[misc]
             worker = sum(rss_mb(child) for child in children(gateway.pid))
@@ -143,8 +161,15 @@ rotate_bytes = 104857600
                   f"{sample[4]:8.1f} MB {store:9.1f}")
         cumulative = buckets(port)
     finally:
+        stopping = time.monotonic()
         gateway.terminate()
-        gateway.wait()
+        try:
+            gateway.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            gateway.wait()
+            print("the gateway did not stop within 60 s of SIGTERM: killed")
+        stopped_s = time.monotonic() - stopping
         mosquitto.stop()
         await brokers.delete(topo)
     # after the warm-up: the first minute, or the first fifth of a longer run
@@ -157,6 +182,11 @@ rotate_bytes = 104857600
           "100 000 messages")
     print(f"peak                gateway {max(s[3] for s in samples):.1f} MB, worker "
           f"{max(s[4] for s in samples):.1f} MB")
+    levels = Counter(str(json.loads(line).get("level")) for line in
+                     log_file.read_text().splitlines() if line.startswith("{"))
+    print(f"log lines           {sum(levels.values())} ("
+          + ", ".join(f"{level} {count}" for level, count in sorted(levels.items())) + ")")
+    print(f"stop (SIGTERM)      {stopped_s:.1f} s")
     print(f"receive -> commit   p99 {quantile(0.99, cumulative) * 1000:.1f} ms over "
           f"{cumulative[-1][1]:.0f} messages")
 
@@ -168,6 +198,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--mqtt-down", action="store_true", help="no broker on the MQTT "
+                        "sink's port for the whole run: its events wait in the store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aes-soak-") as workdir:
         asyncio.run(soak(args, Path(workdir)))

@@ -61,6 +61,7 @@ def test_soak_script_samples_the_gateways_memory_until_everything_is_committed()
                           lines["gateway RSS"])
     assert growth is not None, lines["gateway RSS"]
     assert lines["receive -> commit"].endswith("over 1200 messages")
+    assert re.fullmatch(r"\d+ \(.*info \d+.*\)", lines["log lines"]), lines["log lines"]
 
 
 def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:

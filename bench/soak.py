@@ -13,8 +13,10 @@ level, and the receive -> commit p99 of the whole run. A gateway whose memory gr
 traffic (a cache, a map of deliveries, a metric's labels) shows here, long before a
 municipality's service runs out of it.
 
-`--mqtt-down` leaves the MQTT sink without a broker for the whole run, as in a long outage
-downstream: its events wait in the store, and the memory must not grow with them.
+`--push` POSTs the traffic to a push receiver instead, as the Beskedfordeler does, each
+answered only after its outcome is committed. `--mqtt-down` leaves the MQTT sink without a
+broker for the whole run, as in a long outage downstream: its events wait in the store, and
+the memory must not grow with them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +44,10 @@ from bench.latency import buckets, publish_at, quantile  # noqa: E402
 from gateway.simulate import simulate  # noqa: E402
 from tests import brokers  # noqa: E402
 from tests.mosquitto import Mosquitto, free_port  # noqa: E402
+from tests.test_push import status_code  # noqa: E402
 
 CHUNK = 20_000  # messages simulated with one seed
+PUSH_CLIENTS = 32  # connections POSTing at once with --push
 CASES_PER_CHUNK = int(CHUNK / 6.7) + 1  # simulated cases give about 6.7 messages each
 
 
@@ -87,16 +92,44 @@ async def delete_collectors(topo: brokers.Topology) -> None:
             await channel.queue_delete(name)
 
 
+async def post_at(session: aiohttp.ClientSession, url: str, rate: float, bodies: list[bytes],
+                  answers: Counter[int]) -> None:
+    """POSTed in 10 ms ticks at `rate`, as the Beskedfordeler pushes (the session's connection
+    limit bounds how many wait for their answer at once); each answer's StatusKode counted."""
+
+    async def post(body: bytes) -> None:
+        async with session.post(url, data=body) as response:
+            answers[status_code(await response.text())] += 1
+
+    per_tick = max(1, round(rate / 100))
+    started = time.perf_counter()
+    posting: set[asyncio.Task[None]] = set()
+    for tick, index in enumerate(range(0, len(bodies), per_tick)):
+        for body in bodies[index: index + per_tick]:
+            posting.add(task := asyncio.create_task(post(body)))
+            task.add_done_callback(posting.discard)
+        delay = started + (tick + 1) / 100 - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await asyncio.gather(*posting)
+
+
 async def publish_fresh(topo: brokers.Topology, rate: float, total: int, seed: int,
-                        published: list[int]) -> None:
-    """`total` messages at `rate`, a new simulation (and seed) for every CHUNK of them."""
-    while published[0] < total:
-        sim = simulate(CASES_PER_CHUNK, seed + published[0], bad_share=0.03, scenarios=False)
-        streams = brokers.streams(topo, sim.messages)[: min(CHUNK, total - published[0])]
-        for start in range(0, len(streams), 1000):  # counted as it goes
-            piece = streams[start: start + 1000]
-            await publish_at(rate, piece)
-            published[0] += len(piece)
+                        published: list[int], push: str | None, answers: Counter[int]) -> None:
+    """`total` messages at `rate`, a new simulation (and seed) for every CHUNK of them: to the
+    mailboxes, or POSTed to the push receiver at `push`."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=PUSH_CLIENTS)) as http:
+        while published[0] < total:
+            sim = simulate(CASES_PER_CHUNK, seed + published[0], bad_share=0.03,
+                           scenarios=False)
+            streams = brokers.streams(topo, sim.messages)[: min(CHUNK, total - published[0])]
+            for start in range(0, len(streams), 1000):  # counted as it goes
+                piece = streams[start: start + 1000]
+                if push is None:
+                    await publish_at(rate, piece)
+                else:
+                    await post_at(http, push, rate, [body for _, body in piece], answers)
+                published[0] += len(piece)
 
 
 async def soak(args: argparse.Namespace, workdir: Path) -> None:
@@ -106,7 +139,9 @@ async def soak(args: argparse.Namespace, workdir: Path) -> None:
     mosquitto = Mosquitto(workdir)
     if not args.mqtt_down:
         mosquitto.start()  # else the MQTT sink's port has no broker for the whole run
-    port = free_port()
+    port, push_port = free_port(), free_port()
+    push = f"http://127.0.0.1:{push_port}/" if args.push else None
+    answers: Counter[int] = Counter()
     config = workdir / "gateway.toml"
     config.write_text(brokers.config_toml(topo, str(workdir / "gateway.db")).replace(
         'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"') + f"""
@@ -119,7 +154,7 @@ topic_prefix = "soak"
 type = "jsonl"
 path = "{workdir / 'canonical.jsonl'}"
 rotate_bytes = 104857600
-""")
+""" + (f'[[sources]]\ntype = "push"\nlisten = "127.0.0.1:{push_port}"\n' if args.push else ""))
     env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "INFO"}
     log_file = workdir / "gateway.log"
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",  # noqa: ASYNC220 - started once
@@ -135,7 +170,7 @@ rotate_bytes = 104857600
             except OSError:
                 await asyncio.sleep(0.05)
         publisher = asyncio.create_task(publish_fresh(topo, args.rate, total, args.seed,
-                                                      published))
+                                                      published, push, answers))
         started = time.monotonic()
         print(f"{'time':>6} {'published':>10} {'committed':>10} {'gateway RSS':>12} "
               f"{'worker RSS':>11} {'store MB':>9}")
@@ -186,6 +221,9 @@ rotate_bytes = 104857600
                      log_file.read_text().splitlines() if line.startswith("{"))
     print(f"log lines           {sum(levels.values())} ("
           + ", ".join(f"{level} {count}" for level, count in sorted(levels.items())) + ")")
+    if push:
+        print("push answers        " + ", ".join(
+            f"StatusKode {code}: {count}" for code, count in sorted(answers.items())))
     print(f"stop (SIGTERM)      {stopped_s:.1f} s")
     print(f"receive -> commit   p99 {quantile(0.99, cumulative) * 1000:.1f} ms over "
           f"{cumulative[-1][1]:.0f} messages")
@@ -198,6 +236,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--push", action="store_true", help="POST the traffic to a push "
+                        f"receiver, {PUSH_CLIENTS} connections at once, not to the mailboxes")
     parser.add_argument("--mqtt-down", action="store_true", help="no broker on the MQTT "
                         "sink's port for the whole run: its events wait in the store")
     args = parser.parse_args()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -45,9 +47,12 @@ def test_latency_script_reads_the_gateways_histogram_next_to_the_bare_client() -
     assert 0 < float(bare[1]) <= float(bare[2])
 
 
-def test_soak_script_samples_the_gateways_memory_until_everything_is_committed() -> None:
+@pytest.mark.parametrize("source", ["--amqp", "--push"])
+def test_soak_script_samples_the_gateways_memory_until_everything_is_committed(
+    source: str,
+) -> None:
     result = bench("soak.py", "--rate", "200", "--minutes", "0.1", "--sample-s", "2",
-                   timeout=300)
+                   *([source] if source == "--push" else []), timeout=300)
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if re.match(r"\s*\d+s ", line)]
@@ -62,6 +67,8 @@ def test_soak_script_samples_the_gateways_memory_until_everything_is_committed()
     assert growth is not None, lines["gateway RSS"]
     assert lines["receive -> commit"].endswith("over 1200 messages")
     assert re.fullmatch(r"\d+ \(.*info \d+.*\)", lines["log lines"]), lines["log lines"]
+    if source == "--push":
+        assert lines["push answers"] == "StatusKode 20: 1200", "each answered once committed"
 
 
 def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:

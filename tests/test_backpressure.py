@@ -39,15 +39,23 @@ class Sink:
         return None
 
 
+def running(
+    store: MemoryStore,
+) -> tuple[Service, Relay, asyncio.Queue[Delivery], asyncio.Event, asyncio.Task[None]]:
+    """A service running with one relay that never sends and holds the intake back past a
+    backlog of 10 events."""
+    relay = Relay(store, Sink(), max_backlog=10)  # type: ignore[arg-type]
+    intake: asyncio.Queue[Delivery] = asyncio.Queue()
+    service = Service(Pipeline(store), intake, [], [relay])  # type: ignore[arg-type]
+    relay.run = lambda *a, **k: asyncio.sleep(3600)  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    return service, relay, intake, stop, asyncio.create_task(service.run(stop))
+
+
 def test_a_lagging_sink_throttles_the_intake_until_it_catches_up() -> None:
     async def scenario() -> tuple[int, int, bool, int]:
         store, settler = MemoryStore(outbox_len=100), Settler()
-        relay = Relay(store, Sink(), max_backlog=10)  # type: ignore[arg-type]
-        intake: asyncio.Queue[Delivery] = asyncio.Queue()
-        service = Service(Pipeline(store), intake, [], [relay])  # type: ignore[arg-type]
-        relay.run = lambda *a, **k: asyncio.sleep(3600)  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
+        service, relay, intake, stop, task = running(store)
         for _ in range(5):
             intake.put_nowait(Item(settler))  # type: ignore[arg-type]
         await asyncio.sleep(0.5)
@@ -71,12 +79,7 @@ def test_a_stop_while_throttled_decides_what_was_delivered_without_waiting_for_t
 
     async def scenario() -> tuple[int, int, bool]:
         store, settler = MemoryStore(outbox_len=100), Settler()
-        relay = Relay(store, Sink(), max_backlog=10)  # type: ignore[arg-type]
-        intake: asyncio.Queue[Delivery] = asyncio.Queue()
-        service = Service(Pipeline(store), intake, [], [relay])  # type: ignore[arg-type]
-        relay.run = lambda *a, **k: asyncio.sleep(3600)  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
+        service, relay, intake, stop, task = running(store)
         for _ in range(5):
             intake.put_nowait(Item(settler))  # type: ignore[arg-type]
         await asyncio.sleep(0.5)
@@ -114,12 +117,7 @@ def test_a_failed_read_of_the_backlog_hands_the_batch_back_and_goes_on() -> None
 
     async def scenario() -> tuple[int, int, bool, bool]:
         store, settler = FlakyStore(), Settler()
-        relay = Relay(store, Sink(), max_backlog=10)  # type: ignore[arg-type]
-        intake: asyncio.Queue[Delivery] = asyncio.Queue()
-        service = Service(Pipeline(store), intake, [], [relay])  # type: ignore[arg-type]
-        relay.run = lambda *a, **k: asyncio.sleep(3600)  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
+        service, _, intake, stop, task = running(store)
         intake.put_nowait(Item(settler))  # type: ignore[arg-type]
         await asyncio.sleep(0.1)
         store_ok_after_failure = service.store_ok

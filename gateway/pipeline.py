@@ -80,9 +80,13 @@ class Pipeline:
                 await settler.settle([d for d, _ in group], [r for _, r in group if r is not None])
             except Exception:  # one source's trouble must not keep the others' acks back
                 log.exception("settling a committed batch failed; the source will redeliver")
-        for hook in self.hooks:
-            hook(batch, results)
-        self.quarantine_log.note(batch, results)
+        try:
+            for hook in self.hooks:
+                hook(batch, results)
+            self.quarantine_log.note(batch, results)
+        except Exception:  # a bug in counting: raised, it would read as a failed commit
+            log.exception("recording a committed batch's outcomes (metrics, log) failed; the "
+                          "batch is committed and settled")
         return results
 
     async def _one_at_a_time(

@@ -20,7 +20,7 @@ from gateway.correlate import CorrelationState, Effects
 from gateway.decide import Prepared, Result, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Outcome, Reason
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, ResultHook
 from tests import helpers as h
 
 BUG = "AES-2022-0009999"  # a case number the correlation (with a bug) cannot take
@@ -126,3 +126,26 @@ def test_replay_keeps_the_body_though_the_worker_sent_none(
     summary, kept = asyncio.run(scenario())
     assert summary["quarantined_by_reason"] == {"internal_error": 1}
     assert kept == BODIES[1]
+
+
+def test_a_failing_result_hook_is_not_taken_for_a_failed_commit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The hooks (the metrics) run after the commit and the acknowledgements. Their bug was
+    raised to the service, which logged "batch not committed" and said the store could not
+    write, while the batch was committed and acknowledged."""
+
+    def counting_bug(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
+        raise ZeroDivisionError("a bug in counting")
+
+    async def committed(name: str, hooks: list[ResultHook]) -> tuple[list[Outcome], int]:
+        reader = EnvelopeReader()
+        batch = [prepare(h.raw(body), reader) for body in BODIES]
+        async with await Store.open(tmp_path / name) as store:
+            results = await Pipeline(store, hooks=hooks).commit(batch)
+            return [r.outcome for r in results], len(await store.outbox_after(0, 10))
+
+    healthy = asyncio.run(committed("healthy.db", []))
+    assert asyncio.run(committed("s.db", [counting_bug])) == healthy, "committed all the same"
+    assert healthy[0].count(Outcome.EMITTED) == 3
+    assert "the batch is committed and settled" in caplog.text

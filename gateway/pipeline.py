@@ -24,6 +24,12 @@ Fetch = Callable[[int, int], Awaitable[Sequence[Any]]]
 Send = Callable[[Sequence[Any]], Awaitable[None]]
 
 
+class AfterCommit(Exception):
+    """A failure after the batch was committed and its deliveries settled: there is nothing
+    to hand back. The live service logs it and goes on; a replay ends with it (its summary
+    would be short)."""
+
+
 class Pipeline:
     """Decides batches of deliveries; settles each only after the batch is committed."""
 
@@ -84,9 +90,9 @@ class Pipeline:
             for hook in self.hooks:
                 hook(batch, results)
             self.quarantine_log.note(batch, results)
-        except Exception:  # a bug in counting: raised, it would read as a failed commit
-            log.exception("recording a committed batch's outcomes (metrics, log) failed; the "
-                          "batch is committed and settled")
+        except Exception as exc:  # a bug in counting, not a failed commit
+            raise AfterCommit("recording a committed batch's outcomes (metrics, summary, log) "
+                              "failed; the batch is committed and settled") from exc
         return results
 
     async def _one_at_a_time(

@@ -20,8 +20,12 @@ from gateway.correlate import CorrelationState, Effects
 from gateway.decide import Prepared, Result, decide_batch, prepare
 from gateway.envelope import EnvelopeReader
 from gateway.model import Outcome, Reason
-from gateway.pipeline import Pipeline, ResultHook
+from gateway.pipeline import AfterCommit, Pipeline, ResultHook
+from gateway.ports import Delivery
+from gateway.service import Service
 from tests import helpers as h
+from tests.fakes import MemoryStore
+from tests.test_backpressure import Item, Settler
 
 BUG = "AES-2022-0009999"  # a case number the correlation (with a bug) cannot take
 
@@ -131,9 +135,10 @@ def test_replay_keeps_the_body_though_the_worker_sent_none(
 def test_a_failing_result_hook_is_not_taken_for_a_failed_commit(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The hooks (the metrics) run after the commit and the acknowledgements. Their bug was
-    raised to the service, which logged "batch not committed" and said the store could not
-    write, while the batch was committed and acknowledged."""
+    """The hooks (the metrics, a replay's summary) run after the commit and the
+    acknowledgements. Their bug reached the live service as if the commit had failed: it
+    logged "batch not committed", said the store could not write (/readyz 503) and paused.
+    Now it is raised as AfterCommit, the batch committed; the service logs it and goes on."""
 
     def counting_bug(batch: Sequence[Prepared], results: Sequence[Result]) -> None:
         raise ZeroDivisionError("a bug in counting")
@@ -142,10 +147,31 @@ def test_a_failing_result_hook_is_not_taken_for_a_failed_commit(
         reader = EnvelopeReader()
         batch = [prepare(h.raw(body), reader) for body in BODIES]
         async with await Store.open(tmp_path / name) as store:
-            results = await Pipeline(store, hooks=hooks).commit(batch)
-            return [r.outcome for r in results], len(await store.outbox_after(0, 10))
+            try:
+                outcomes = [r.outcome for r in await Pipeline(store, hooks=hooks).commit(batch)]
+            except AfterCommit:
+                outcomes = []
+            return outcomes, len(await store.outbox_after(0, 10))
 
-    healthy = asyncio.run(committed("healthy.db", []))
-    assert asyncio.run(committed("s.db", [counting_bug])) == healthy, "committed all the same"
-    assert healthy[0].count(Outcome.EMITTED) == 3
-    assert "the batch is committed and settled" in caplog.text
+    healthy_outcomes, healthy_outbox = asyncio.run(committed("healthy.db", []))
+    assert healthy_outcomes.count(Outcome.EMITTED) == 3
+    assert asyncio.run(committed("s.db", [counting_bug])) == ([], healthy_outbox), (
+        "raised as AfterCommit, and committed all the same")
+
+    async def live() -> tuple[bool, int]:
+        settler = Settler()
+        intake: asyncio.Queue[Delivery] = asyncio.Queue()
+        service = Service(Pipeline(MemoryStore(), hooks=[counting_bug]), intake, [], [])
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        for _ in range(3):
+            intake.put_nowait(Item(settler))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        ok = service.store_ok
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return ok, settler.settled
+
+    assert asyncio.run(live()) == (True, 3)
+    assert "batch not committed" not in caplog.text
+    assert "after a batch's commit" in caplog.text

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 from adapters import sqlite_backup
 from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
 from adapters.sqlite import QuarantineRow, Store, StoreError
-from gateway import canonical, config, logs, report
+from gateway import canonical, config, config_explain, logs, report
 from gateway.cli_args import DEFAULT_BATCH, PARALLEL_FROM, UsageError, build_parser
 from gateway.correlate import DEFAULT_TOLERANCE_S
 from gateway.decide import Prepared, prepare
@@ -112,7 +112,7 @@ def _dispatch_at_once(args: argparse.Namespace) -> int | None:
         return 0
     if command == "config":
         loaded = config.load(args.config)
-        print("\n".join(["configuration is valid:", *config.explain(loaded)]))
+        print("\n".join(["configuration is valid:", *config_explain.explain(loaded)]))
         return 0
     return None
 

@@ -15,8 +15,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adapters.amqp import AmqpSink, AmqpSource, plain_connector
-from adapters.files import JsonlSink
 from adapters.http_limits import CappedServer
+from adapters.jsonl import JsonlSink
 from adapters.mqtt import MqttSink
 from adapters.push import PushReceiver
 from adapters.sqlite import Store, StoreError

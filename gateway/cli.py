@@ -21,7 +21,8 @@ import msgspec
 from prometheus_client import CollectorRegistry, write_to_textfile
 
 from adapters import sqlite_backup
-from adapters.files import InputError, JsonlSink, list_inputs, prepared_batches
+from adapters.files import InputError, list_inputs, prepared_batches
+from adapters.jsonl import JsonlSink
 from adapters.sqlite import QuarantineRow, Store, StoreError
 from gateway import canonical, config, config_explain, logs, report
 from gateway.cli_args import DEFAULT_BATCH, PARALLEL_FROM, UsageError, build_parser

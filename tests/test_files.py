@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.files import FileDelivery, JsonlSink, list_inputs
+from adapters.files import FileDelivery, list_inputs
+from adapters.jsonl import JsonlSink
 from gateway.pipeline import Relay
 from gateway.ports import OutboxRow
 from tests.fakes import MemoryStore

@@ -18,6 +18,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from pamqp.common import FieldTable
 
 from adapters.sqlite import QuarantineRow
 from adapters.tls import client_context
@@ -26,6 +27,7 @@ from gateway.config import AmqpSource as AmqpSourceConfig
 from gateway.config import TlsConfig
 from gateway.decide import Result
 from gateway.logs import mask
+from gateway.metrics import version
 from gateway.model import RawMessage
 from gateway.pipeline import REMIND_EVERY_S, Outage
 from gateway.ports import Delivery, OutboxRow
@@ -38,14 +40,24 @@ PERSISTENT: Final = 2  # delivery mode: written to disk by the broker
 AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
-def plain_connector(url: str, tls: TlsConfig | None) -> Connector:
-    """User and password from the URL (local brokers); TLS verified for amqps://."""
+def client_properties(name: str) -> FieldTable:
+    """What the broker shows of a connection (RabbitMQ's management UI and `rabbitmqctl
+    list_connections client_properties`): the gateway, its release, and the source or sink
+    that opened it. Without it, the Beskedfordeler's or a municipality's broker operator saw
+    an unnamed Python client."""
+    return {"connection_name": f"aes-gateway {version()} {name}"}
+
+
+def plain_connector(url: str, tls: TlsConfig | None, name: str) -> Connector:
+    """User and password from the URL (local brokers); TLS verified for amqps://. `name`:
+    the source's or sink's, for the broker to show."""
 
     async def connect() -> AbstractRobustConnection:
         ssl_context = client_context(tls) if url.startswith("amqps") else None
         # reconnect 1 s after a loss (aio-pika's default is 5 s): a broker restart costs less
         return await aio_pika.connect_robust(url, ssl_context=ssl_context, timeout=10,
-                                             reconnect_interval=1)
+                                             reconnect_interval=1,
+                                             client_properties=client_properties(name))
 
     return connect
 

@@ -41,8 +41,10 @@ def _source(
     if spec.sts is not None:
         from adapters.sts import token_connector  # only the Beskedfordeler needs it
 
-        return AmqpSource(spec, intake, token_connector(spec.url, spec.tls, spec.sts))
-    return AmqpSource(spec, intake, plain_connector(spec.url, spec.tls))
+        return AmqpSource(spec, intake, token_connector(spec.url, spec.tls, spec.sts,
+                                                        f"source amqp:{spec.queue}"))
+    return AmqpSource(spec, intake, plain_connector(spec.url, spec.tls,
+                                                    f"source amqp:{spec.queue}"))
 
 
 def _relays(
@@ -68,7 +70,8 @@ def _relays(
         mqtt = MqttSink(spec, cfg.sink_name(spec))
         sink, close, window = mqtt, mqtt.close, spec.window
     else:
-        amqp = AmqpSink(spec, plain_connector(spec.url, spec.tls), cfg.sink_name(spec))
+        name = cfg.sink_name(spec)
+        amqp = AmqpSink(spec, plain_connector(spec.url, spec.tls, f"sink {name}"), name)
         sink, close, window = amqp, amqp.close, spec.confirm_window
     relays = [Relay(store, CprFilter(sink, spec.cpr, spec.cpr_secret), window,
                     max_backlog=spec.max_backlog)]

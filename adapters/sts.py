@@ -25,7 +25,7 @@ import msgspec
 from aio_pika.abc import AbstractRobustConnection
 from yarl import URL
 
-from adapters.amqp import Connector
+from adapters.amqp import Connector, client_properties
 from adapters.tls import client_context
 from gateway.config import StsConfig, TlsConfig
 
@@ -179,14 +179,15 @@ class TokenKeeper:
             await connection.reconnect()
 
 
-def token_connector(url: str, tls: TlsConfig | None, sts: StsConfig) -> Connector:
+def token_connector(url: str, tls: TlsConfig | None, sts: StsConfig, name: str) -> Connector:
     keeper = TokenKeeper(StsClient(sts), sts.refresh_before_seconds)
     full_url = token_url(url, keeper.current)
 
     async def connect() -> AbstractRobustConnection:
         await keeper.ensure()
         connection = await aio_pika.connect_robust(
-            full_url, ssl_context=client_context(tls), timeout=10
+            full_url, ssl_context=client_context(tls), timeout=10,
+            client_properties=client_properties(name),
         )
         keeper.keep_fresh(connection)
         return connection

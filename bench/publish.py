@@ -54,7 +54,7 @@ async def main(messages: int, window: int) -> None:
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC,
                                               durable=True)  # as the sink declares it
     spec = cfg.AmqpSink(url=AMQP_URL, exchange=EXCHANGE, quarantine_exchange=None)
-    sink = AmqpSink(spec, plain_connector(AMQP_URL, None), "bench")
+    sink = AmqpSink(spec, plain_connector(AMQP_URL, None, "bench"), "bench")
 
     async def with_aio_pika(start: int) -> None:
         await asyncio.gather(*(

@@ -25,7 +25,7 @@ async def _consume(
     topo: brokers.Topology, intake: asyncio.Queue[Delivery], prefetch: int = 10
 ) -> AmqpSource:
     spec = cfg.AmqpSource(url=brokers.AMQP_URL, queue=topo.q22, prefetch=prefetch)
-    source = AmqpSource(spec, intake, plain_connector(spec.url, None))
+    source = AmqpSource(spec, intake, plain_connector(spec.url, None, "test"))
     assert await source.start(asyncio.Event())
     return source
 

@@ -20,7 +20,7 @@ def test_the_events_and_the_quarantine_relay_share_one_connection_closed_at_the_
     async def scenario() -> tuple[list[AbstractRobustConnection], int, int]:
         topo = await brokers.declare()
         opened: list[AbstractRobustConnection] = []
-        connect = plain_connector(brokers.AMQP_URL, None)
+        connect = plain_connector(brokers.AMQP_URL, None, "test")
 
         async def counting() -> AbstractRobustConnection:
             connection = await connect()
@@ -57,7 +57,7 @@ def test_a_quarantine_exchange_without_cpr_gets_the_reason_with_any_cpr_masked()
         topo = await brokers.declare()
         config = AmqpSinkConfig(url=brokers.AMQP_URL, exchange=topo.exchange,
                                 quarantine_exchange=topo.quarantine_exchange, cpr="omitted")
-        sink = AmqpSink(config, plain_connector(brokers.AMQP_URL, None), "amqp:test")
+        sink = AmqpSink(config, plain_connector(brokers.AMQP_URL, None, "test"), "amqp:test")
         try:
             await sink.send_quarantine_headers([QuarantineRow(
                 1, "key-1", None, "unknown_beskedtype", "Beskedtype '1401851234' unknown",

@@ -106,7 +106,8 @@ def test_a_missing_mailbox_is_logged_as_it_begins_every_while_and_as_it_ends(
 
     async def scenario() -> bool:
         config = cfg.AmqpSource(url=brokers.AMQP_URL, queue=queue)
-        source = AmqpSource(config, asyncio.Queue(), plain_connector(brokers.AMQP_URL, None))
+        connect = plain_connector(brokers.AMQP_URL, None, "test")
+        source = AmqpSource(config, asyncio.Queue(), connect)
         stop = asyncio.Event()
         starting = asyncio.create_task(source.start(stop))
         await asyncio.sleep(5)  # tried at about 0, 0.5, 1.5 and 3.5 s; next at 7.5 s

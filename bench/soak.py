@@ -16,7 +16,9 @@ municipality's service runs out of it.
 `--push` POSTs the traffic to a push receiver instead, as the Beskedfordeler does, each
 answered only after its outcome is committed. `--mqtt-down` leaves the MQTT sink without a
 broker for the whole run, as in a long outage downstream: its events wait in the store, and
-the memory must not grow with them.
+the memory must not grow with them. `--reconnect-every S` closes the gateway's AMQP
+connections every S seconds (found by their names), as a broker operator or a network would:
+each reconnection must leave nothing behind.
 """
 
 from __future__ import annotations
@@ -80,6 +82,36 @@ def committed(port: int) -> int:
     return int(sum(sample.value for family in text_string_to_metric_families(text)
                    if family.name == "aes_gateway_messages"
                    for sample in family.samples if sample.name.endswith("_total")))
+
+
+def close_gateway_connections() -> int:
+    """Closes every AMQP connection of the gateway (they name themselves `aes-gateway ...`),
+    as a broker's operator or a network failure would; returns how many."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "--formatter", "json"],
+        check=True, capture_output=True, text=True).stdout
+    closed = 0
+    for connection in json.loads(listed):
+        names = [value for key, _, value in connection["client_properties"]
+                 if key == "connection_name"]
+        if names and str(names[0]).startswith("aes-gateway "):
+            subprocess.run(["rabbitmqctl", "close_connection", connection["pid"], "soak"],
+                           check=False, capture_output=True)
+            closed += 1
+    return closed
+
+
+async def waiting(topo: brokers.Topology) -> int:
+    """Messages still in the mailboxes: with lost acks (closed connections), redeliveries are
+    counted as committed too, so the count alone could end the run early."""
+    return sum([await brokers.depth(q) for q in (topo.q22, topo.q30)])
+
+
+async def close_now_and_then(every_s: float, closed: list[int]) -> None:
+    """The gateway's AMQP connections closed every `every_s` seconds; `closed[0]` counts."""
+    while True:
+        await asyncio.sleep(every_s)
+        closed[0] += await asyncio.to_thread(close_gateway_connections)
 
 
 async def delete_collectors(topo: brokers.Topology) -> None:
@@ -160,7 +192,8 @@ rotate_bytes = 104857600
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run",  # noqa: ASYNC220 - started once
                                 "--config", str(config)], cwd=ROOT, env=env,
                                stderr=log_file.open("wb"))
-    published = [0]
+    published, closed = [0], [0]
+    closer: asyncio.Task[None] | None = None
     samples: list[tuple[float, int, int, float, float]] = []
     try:
         for _ in range(200):  # until it listens
@@ -171,13 +204,16 @@ rotate_bytes = 104857600
                 await asyncio.sleep(0.05)
         publisher = asyncio.create_task(publish_fresh(topo, args.rate, total, args.seed,
                                                       published, push, answers))
+        closer = (asyncio.create_task(close_now_and_then(args.reconnect_every, closed))
+                  if args.reconnect_every else None)
         started = time.monotonic()
         print(f"{'time':>6} {'published':>10} {'committed':>10} {'gateway RSS':>12} "
               f"{'worker RSS':>11} {'store MB':>9}")
-        while not publisher.done() or committed(port) < published[0]:
+        while (not publisher.done() or committed(port) < published[0]
+               or await waiting(topo)):
             if publisher.done():  # the last of it: until all is committed, or the next sample
                 for _ in range(max(1, round(args.sample_s / 0.2))):
-                    if committed(port) >= published[0]:
+                    if committed(port) >= published[0] and not await waiting(topo):
                         break
                     await asyncio.sleep(0.2)
                 if samples and committed(port) == samples[-1][2]:
@@ -196,6 +232,8 @@ rotate_bytes = 104857600
                   f"{sample[4]:8.1f} MB {store:9.1f}")
         cumulative = buckets(port)
     finally:
+        if closer is not None:
+            closer.cancel()
         stopping = time.monotonic()
         gateway.terminate()
         try:
@@ -224,6 +262,8 @@ rotate_bytes = 104857600
     if push:
         print("push answers        " + ", ".join(
             f"StatusKode {code}: {count}" for code, count in sorted(answers.items())))
+    if args.reconnect_every:
+        print(f"connections closed  {closed[0]} (every {args.reconnect_every:g} s)")
     print(f"stop (SIGTERM)      {stopped_s:.1f} s")
     print(f"receive -> commit   p99 {quantile(0.99, cumulative) * 1000:.1f} ms over "
           f"{cumulative[-1][1]:.0f} messages")
@@ -238,6 +278,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--push", action="store_true", help="POST the traffic to a push "
                         f"receiver, {PUSH_CLIENTS} connections at once, not to the mailboxes")
+    parser.add_argument("--reconnect-every", type=float, default=0.0, help="close the "
+                        "gateway's AMQP connections every this many seconds (rabbitmqctl)")
     parser.add_argument("--mqtt-down", action="store_true", help="no broker on the MQTT "
                         "sink's port for the whole run: its events wait in the store")
     args = parser.parse_args()

@@ -1,5 +1,6 @@
 """Message files in, for replay: listed in arrival order, read, and parsed in batches (in worker
-processes for a big input). The JSON Lines sink is in jsonl.py."""
+processes for a big input); and a directory made durable (`sync_directory`), for every
+adapter that names a file. The JSON Lines sink is in jsonl.py."""
 
 from __future__ import annotations
 
@@ -266,3 +267,12 @@ async def prepared_batches(
                      else slot)
             keep_workers_busy()
             yield batch
+
+
+def sync_directory(path: Path) -> None:
+    """A directory's entries (a file's new name) made durable, as a file's fsync its data."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from adapters.files import sync_directory
 from gateway.ports import OutboxRow
 
 log = logging.getLogger("aes_gateway.jsonl")
@@ -143,11 +144,3 @@ def _cut_unfinished_line(descriptor: int, size: int, name: str) -> int:
                     "its event comes again", name, size - end)
         os.ftruncate(descriptor, end)
     return end
-
-
-def sync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -27,7 +27,7 @@ from typing import Final
 import msgspec
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from adapters.jsonl import sync_directory
+from adapters.files import sync_directory
 from adapters.sqlite_files import (
     COMPANIONS,
     SELECT_SCHEMA_VERSION,

@@ -180,11 +180,7 @@ def replay(inbox: Path, store: Path, out: Path) -> dict[str, object]:
     started = time.perf_counter()
     proc = subprocess.Popen([*CLI, "replay", str(inbox), "--store", str(store),
                              "--output", str(out), "--summary", str(summary)], env=env)
-    peaks: dict[int, int] = {}
-    while proc.poll() is None:  # the high-water marks of the process and its parse worker
-        for pid in [proc.pid, *_children(proc.pid)]:
-            peaks[pid] = max(peaks.get(pid, 0), _high_water_kb(pid))
-        time.sleep(0.02)
+    peaks = high_water_until_done(proc)  # the process's and its parse worker's
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"replay into {store} failed: exit {proc.returncode}")
@@ -194,7 +190,21 @@ def replay(inbox: Path, store: Path, out: Path) -> dict[str, object]:
             "summary": json.loads(summary.read_text())}
 
 
-def _children(pid: int) -> list[int]:
+def high_water_until_done(proc: subprocess.Popen[bytes]) -> dict[int, int]:
+    """Polls `proc` until it ends: the peak RSS in KB of it and of each of its children, by
+    pid, each read from the process's own high-water mark. getrusage's ru_maxrss would count
+    this script's pages, resident in the fork before the exec (a backup of 42 MB showed as
+    1 049 MB that way at stop 21)."""
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        for pid in [proc.pid, *children(proc.pid)]:
+            peaks[pid] = max(peaks.get(pid, 0), _high_water_kb(pid))
+        time.sleep(0.02)
+    return peaks
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (its parse worker), from every thread of it."""
     try:
         tasks = Path(f"/proc/{pid}/task").iterdir()
         return [int(c) for t in tasks for c in (t / "children").read_text().split()]
@@ -292,12 +302,7 @@ def backup_figures(path: Path, workdir: Path) -> tuple[float, int, int]:
     with summary.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "backup", str(target),
                                     "--store", str(path)], cwd=ROOT, stdout=out)
-    # Its high-water mark as replay's is read: getrusage's ru_maxrss counted this script's
-    # own pages, resident in the fork before its exec (1 049 MB, against 42 MB, at stop 21)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, _high_water_kb(process.pid))
-        time.sleep(0.02)
+    peak = high_water_until_done(process).get(process.pid, 0)
     seconds = time.perf_counter() - started
     shutil.rmtree(target)
     if process.returncode != 0:

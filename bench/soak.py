@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.latency import buckets, publish_at, quantile  # noqa: E402
+from bench.scale import children  # noqa: E402
 from gateway.simulate import simulate  # noqa: E402
 from tests import brokers  # noqa: E402
 from tests.mosquitto import Mosquitto, free_port  # noqa: E402
@@ -61,13 +62,6 @@ def rss_mb(pid: int) -> float:
         return 0.0
     line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
 
 
 def store_mb(workdir: Path) -> float:

@@ -24,7 +24,7 @@ from adapters.sqlite import QuarantineRow
 from adapters.tls import client_context
 from gateway.config import AmqpSink as AmqpSinkConfig
 from gateway.config import AmqpSource as AmqpSourceConfig
-from gateway.config import TlsConfig
+from gateway.config import TlsConfig, source_name
 from gateway.decide import Result
 from gateway.logs import mask
 from gateway.metrics import version
@@ -138,7 +138,7 @@ class AmqpSource:
         self.config = config
         self.intake = intake
         self.connect = connect
-        self.name = f"amqp:{config.queue}"
+        self.name = source_name(config)
         self.last_message_at: float | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None

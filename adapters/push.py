@@ -14,6 +14,7 @@ from aiohttp import web
 from adapters.http_limits import CappedServer
 from adapters.tls import ClientRules, server_context, subject_text
 from gateway.config import PushSource as PushConfig
+from gateway.config import source_name
 from gateway.decide import Result
 from gateway.model import RawMessage
 from gateway.ports import Delivery
@@ -50,7 +51,7 @@ class PushReceiver:
     ) -> None:
         self.config = config
         self.intake = intake
-        self.name = f"push:{config.listen}"
+        self.name = source_name(config)
         self.connected = False
         self.last_message_at: float | None = None
         self._http: CappedServer | None = None

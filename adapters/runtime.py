@@ -42,9 +42,9 @@ def _source(
         from adapters.sts import token_connector  # only the Beskedfordeler needs it
 
         return AmqpSource(spec, intake, token_connector(spec.url, spec.tls, spec.sts,
-                                                        f"source amqp:{spec.queue}"))
+                                                        f"source {cfg.source_name(spec)}"))
     return AmqpSource(spec, intake, plain_connector(spec.url, spec.tls,
-                                                    f"source amqp:{spec.queue}"))
+                                                    f"source {cfg.source_name(spec)}"))
 
 
 def _relays(

@@ -121,6 +121,12 @@ class JsonlSink(SinkCommon, tag_field="type", tag="jsonl", kw_only=True):
         return None if self.mode is None else int(self.mode, 8)
 
 
+def source_name(source: AmqpSource | PushSource) -> str:
+    """A source's name in logs, metrics, /readyz and the broker's list of connections."""
+    return (f"amqp:{source.queue}" if isinstance(source, AmqpSource)
+            else f"push:{source.listen}")
+
+
 def sink_name(sink: AmqpSink | MqttSink | JsonlSink) -> str:
     """The name a sink's progress is kept under in the store: its destination, without
     credentials. Two sinks of one name would share one progress, and each skip, after a

@@ -22,8 +22,7 @@ def explain(config: Config) -> list[str]:
         else:
             scheme = "https" if source.tls else "http"
             lines.append(f"source: push receiver on {scheme}://{source.listen}{source.path} "
-                         f"(up to {source.max_connections} connections, idle ones closed "
-                         f"after {source.idle_seconds:g} s)")
+                         + bounds(source.max_connections, source.idle_seconds))
     for sink in config.sinks:
         if isinstance(sink, AmqpSink):
             what = (f"AMQP exchange {sink.exchange!r} at {redact(sink.url)}"
@@ -40,9 +39,14 @@ def explain(config: Config) -> list[str]:
             what = f"JSON Lines file {os.path.abspath(sink.path)} ({permissions}, {rotate})"
         lines.append(f"sink: {what}, CPR {sink.cpr}")
     http = config.http
-    lines.append(f"http: {http.listen} (up to {http.max_connections} connections, idle ones "
-                 f"closed after {http.idle_seconds:g} s)" if http.listen else "http: off")
+    lines.append(f"http: {http.listen} {bounds(http.max_connections, http.idle_seconds)}"
+                 if http.listen else "http: off")
     return lines
+
+
+def bounds(max_connections: int, idle_seconds: float) -> str:
+    """An HTTP port's connection bounds (adapters/http_limits.py), as both ports say them."""
+    return f"(up to {max_connections} connections, idle ones closed after {idle_seconds:g} s)"
 
 
 def redact(url: str) -> str:

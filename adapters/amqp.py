@@ -26,6 +26,7 @@ from gateway.config import AmqpSink as AmqpSinkConfig
 from gateway.config import AmqpSource as AmqpSourceConfig
 from gateway.config import TlsConfig, source_name
 from gateway.decide import Result
+from gateway.envelope import DEFAULT_MAX_BYTES, oversized_keep
 from gateway.logs import mask
 from gateway.metrics import version
 from gateway.model import RawMessage
@@ -133,11 +134,13 @@ class AmqpSource:
     redeliveries."""
 
     def __init__(
-        self, config: AmqpSourceConfig, intake: asyncio.Queue[Delivery], connect: Connector
+        self, config: AmqpSourceConfig, intake: asyncio.Queue[Delivery], connect: Connector,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.config = config
         self.intake = intake
         self.connect = connect
+        self.keep = oversized_keep(max_bytes)
         self.name = source_name(config)
         self.last_message_at: float | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -193,7 +196,14 @@ class AmqpSource:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self.last_message_at = asyncio.get_running_loop().time()
-        raw = RawMessage(message.body, self.name, dt.datetime.now(dt.UTC))
+        body = message.body
+        if len(body) > self.keep:  # kept as the push receiver and replay keep one
+            log.warning("message of %d bytes is over the limit; its first %d bytes go to the "
+                        "quarantine", len(body), self.keep, extra={"source": self.name})
+            body = body[: self.keep]
+            if isinstance(message, aio_pika.IncomingMessage):  # not held whole in the intake
+                message.body = b""
+        raw = RawMessage(body, self.name, dt.datetime.now(dt.UTC))
         delivery = AmqpDelivery(raw, message, self)
         self._outstanding.setdefault(delivery.channel_key, set()).add(message.delivery_tag or 0)
         # Each delivery is a task of its own; waiting on a full intake, a later one could

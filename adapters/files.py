@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final, overload
 
 from gateway.decide import Prepared, Result, prepare
-from gateway.envelope import EnvelopeReader
+from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader, oversized_keep
 from gateway.model import RawMessage
 from gateway.workers import pack, unpack, worker_pool
 
@@ -133,9 +133,12 @@ class FileDelivery:
 
     settler = NO_ACK
 
-    def __init__(self, path: str | Path, read_at: dt.datetime | None = None) -> None:
+    def __init__(
+        self, path: str | Path, read_at: dt.datetime | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         try:
-            body = _read(path)
+            body = _read(path, oversized_keep(max_bytes))
         except OSError as exc:
             raise InputError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
         self.raw = RawMessage(body, f"file:{_printable(os.path.basename(path))}",
@@ -151,17 +154,20 @@ def _printable(name: str) -> str:
 _BUFFER = bytearray(256 * 1024)
 
 
-def _read(path: str | Path) -> bytes:
-    """A whole file in three system calls (open() takes seven): replay reads millions."""
+def _read(path: str | Path, keep: int) -> bytes:
+    """A file in three system calls (open() takes seven): replay reads millions. Of one
+    bigger than `keep` (to be refused as too large) only its first `keep` bytes."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.readv(fd, [_BUFFER])
         if size < len(_BUFFER):
-            return bytes(memoryview(_BUFFER)[:size])
-        rest = [bytes(_BUFFER)]  # a big one (to be refused as too large): the slow way
-        while chunk := os.read(fd, 1 << 20):
+            return bytes(memoryview(_BUFFER)[: min(size, keep)])
+        rest = [bytes(_BUFFER)]  # a big one: the slow way
+        kept = size
+        while kept < keep and (chunk := os.read(fd, min(1 << 20, keep - kept))):
             rest.append(chunk)
-        return b"".join(rest)
+            kept += len(chunk)
+        return b"".join(rest)[:keep]
     finally:
         os.close(fd)
 
@@ -169,7 +175,7 @@ def _read(path: str | Path) -> bytes:
 def _prepare_files(paths: Sequence[str], max_bytes: int) -> list[Prepared]:
     reader = EnvelopeReader(max_bytes=max_bytes)
     read_at = dt.datetime.now(dt.UTC)  # received_at is kept in whole seconds: once a batch
-    return [prepare(FileDelivery(path, read_at).raw, reader) for path in paths]
+    return [prepare(FileDelivery(path, read_at, max_bytes).raw, reader) for path in paths]
 
 
 def _prepare_files_encoded(paths: Sequence[str], max_bytes: int) -> bytes:
@@ -183,9 +189,10 @@ class WorkerBatch(list[Prepared]):
     deciding), `raws` reads its file again, so that the quarantine keeps the body whole for
     `quarantine replay` after a fix."""
 
-    def __init__(self, batch: list[Prepared], paths: Sequence[str]) -> None:
+    def __init__(self, batch: list[Prepared], paths: Sequence[str], max_bytes: int) -> None:
         super().__init__(batch)
         self.paths = paths
+        self.keep = oversized_keep(max_bytes)
 
     def raws(self) -> list[RawMessage]:
         raws = []
@@ -194,7 +201,8 @@ class WorkerBatch(list[Prepared]):
                 raws.append(item.raw)
                 continue
             try:
-                raws.append(RawMessage(_read(path), item.raw.source, item.raw.received_at))
+                raws.append(RawMessage(_read(path, self.keep), item.raw.source,
+                                       item.raw.received_at))
             except OSError as exc:  # moved since: the quarantine says what it can
                 log.warning("cannot read %r again for its body: %s", path, exc.strerror)
                 raws.append(item.raw)
@@ -263,8 +271,8 @@ async def prepared_batches(
                 await asyncio.sleep(0)  # let the worker's result in
                 continue
             slot = slots.popleft()
-            batch = (WorkerBatch(unpack(await slot[0]), slot[1]) if isinstance(slot, tuple)
-                     else slot)
+            batch = (WorkerBatch(unpack(await slot[0]), slot[1], max_bytes)
+                     if isinstance(slot, tuple) else slot)
             keep_workers_busy()
             yield batch
 

@@ -16,6 +16,7 @@ from adapters.tls import ClientRules, server_context, subject_text
 from gateway.config import PushSource as PushConfig
 from gateway.config import source_name
 from gateway.decide import Result
+from gateway.envelope import oversized_keep
 from gateway.model import RawMessage
 from gateway.ports import Delivery
 
@@ -98,7 +99,7 @@ class PushReceiver:
         An oversized message is bad input like any other: quarantined with its reason
         (`too_large`) and answered 20 once that is stored. Refused at the HTTP level (413), BFO
         would get neither answer the protocol knows, and the gateway would keep no record."""
-        keep = self.max_bytes + 1
+        keep = oversized_keep(self.max_bytes)
         chunks, kept, total = [], 0, 0
         async for chunk in request.content.iter_chunked(64 * 1024):
             total += len(chunk)

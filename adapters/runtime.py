@@ -42,9 +42,11 @@ def _source(
         from adapters.sts import token_connector  # only the Beskedfordeler needs it
 
         return AmqpSource(spec, intake, token_connector(spec.url, spec.tls, spec.sts,
-                                                        f"source {cfg.source_name(spec)}"))
+                                                        f"source {cfg.source_name(spec)}"),
+                          max_bytes)
     return AmqpSource(spec, intake, plain_connector(spec.url, spec.tls,
-                                                    f"source {cfg.source_name(spec)}"))
+                                                    f"source {cfg.source_name(spec)}"),
+                      max_bytes)
 
 
 def _relays(

@@ -42,6 +42,14 @@ BASE64_TAG: Final = f"{{{BASE64_NS}}}Base64"
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
 
 
+def oversized_keep(max_bytes: int) -> int:
+    """How much of a message over the size limit every source keeps: its first bytes, one past
+    the limit. That shows it is over, and holds its envelope's start (the BeskedId, so it is its
+    identity too); a whole one would cost memory, the store and the quarantine exchange as much
+    as a sender liked (a 1.1 GB file stopped a replay: SQLite keeps no value over 1 GB)."""
+    return max_bytes + 1
+
+
 def _k(name: str) -> str:
     return f"{{{KUVERT}}}{name}"
 
@@ -217,4 +225,4 @@ def parse_event(envelope: Envelope) -> ParsedEvent:
     return msgspec.structs.replace(event, formed_at=envelope.formed_at)
 
 
-__all__ = ["EnvelopeReader", "message_key", "parse_event", "parse_xml"]
+__all__ = ["EnvelopeReader", "message_key", "oversized_keep", "parse_event", "parse_xml"]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -47,6 +48,32 @@ def test_both_versions_from_two_queues_give_each_event_once(tmp_path: Path) -> N
     assert remaining == [0, 0], "every mailbox message is acknowledged"
     print(f"{key['messages']} messages from two queues: {len(events)} on the exchange, "
           f"{len(quarantined)} in quarantine, as keyed")
+
+
+def test_of_a_message_over_the_limit_only_as_much_as_shows_it_is_kept(tmp_path: Path) -> None:
+    """Until stop 22 a mailbox's oversized message was kept whole, as the push receiver and
+    replay never kept one: in the store, on the quarantine exchange (which may refuse it, as
+    RabbitMQ 4 refuses a message over 16 MB) and in memory, with RabbitMQ's own limit at
+    128 MB and up to `prefetch` of them at a time."""
+    heads = [b"<Haendelsesbesked n='%d'>" % n for n in range(2)]
+    topo = asyncio.run(brokers.declare())
+    try:
+        asyncio.run(brokers.publish(topo.q30, [head + b" " * 3_000_000 for head in heads]))
+        config = tmp_path / "gateway.toml"
+        config.write_text(brokers.config_toml(topo, str(tmp_path / "gateway.db")))
+        run_cli("run", "--config", str(config), "--until-idle", "1.5")
+        quarantined = asyncio.run(brokers.drain(topo.quarantine_queue, idle_s=0.2))
+        remaining = asyncio.run(brokers.depth(topo.q30))
+    finally:
+        asyncio.run(brokers.delete(topo))
+    with sqlite3.connect(tmp_path / "gateway.db") as db:
+        stored = [body for (body,) in db.execute("SELECT body FROM quarantine ORDER BY id")]
+    keep = 1024 * 1024 + 1  # matching.max_message_bytes + 1
+    expected = [head + b" " * (keep - len(head)) for head in heads]
+    assert stored == expected
+    assert [m.body for m in quarantined] == expected
+    assert [(m.headers or {})["reason"] for m in quarantined] == ["too_large"] * 2
+    assert remaining == 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])

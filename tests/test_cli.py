@@ -258,6 +258,27 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_not_a_crash(tmp_path: Path)
     assert listed["source"] == "file:sag-\ufffd\ufffd\ufffd.xml"
 
 
+def test_a_file_over_a_gigabyte_is_quarantined_not_the_end_of_the_replay(tmp_path: Path) -> None:
+    """Until stop 22 replay read the file whole (2.3 GB of RSS for a 1.1 GB file) and its
+    commit failed: SQLite keeps no value over 1 GB. Exit 2, and the messages beside it were
+    not decided. Now its first bytes past the limit are kept, as the live sources keep them."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    shutil.copy(FIXTURES / "v22-inline.xml", inbox / "a.xml")
+    with open(inbox / "b.xml", "wb") as big:  # sparse: no gigabyte written to the disk
+        big.write(b"<Haendelsesbesked>")
+        big.truncate(1100 * 1024 * 1024)
+    store, summary = str(tmp_path / "g.db"), tmp_path / "summary.json"
+    run_cli("replay", str(inbox), "--store", store, "--output", os.devnull,
+            "--summary", str(summary))
+    counts = json.loads(summary.read_text())
+    assert (counts["emitted"], counts["quarantined_by_reason"]) == (1, {"too_large": 1})
+    with sqlite3.connect(store) as db:
+        (body,) = db.execute("SELECT body FROM quarantine").fetchone()
+    assert body.startswith(b"<Haendelsesbesked>")
+    assert len(body) == 1024 * 1024 + 1
+
+
 def test_replay_to_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
     """`replay --output - | head -1`: until stop 16 an error message and exit 2; now the
     quiet exit of any Unix tool whose reader has had enough (128 + SIGPIPE)."""

@@ -204,7 +204,7 @@ class Service:
     async def _process(self, batch: list[Delivery]) -> None:
         try:
             prepared = await self.pipeline.parse(batch)
-        except Exception:  # the parse worker died: handed back; the loop parses from now on
+        except Exception:  # the parse worker died: handed back; the loop parses till a new one
             log.warning("parsing a batch failed; the sources get the messages back",
                         exc_info=True)
             return

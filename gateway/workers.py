@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache
+from typing import Final
 
 import msgspec
 
@@ -28,6 +29,12 @@ from gateway.model import RawMessage, Version
 log = logging.getLogger("aes_gateway.workers")
 
 PR_SET_PDEATHSIG = 1
+# After a worker died (the kernel's OOM killer, an operator's kill), the event loop parses
+# until a new worker is up this long later: sooner would fight whatever killed it. A worker that
+# dies again within STEADY_S of its start waits twice as long, up to RESTART_AT_MOST_S.
+RESTART_AFTER_S: Final = 10.0
+RESTART_AT_MOST_S: Final = 640.0
+STEADY_S: Final = 600.0
 _RAWS = msgspec.msgpack.Decoder(list[RawMessage])
 _PREPARED = msgspec.msgpack.Decoder(list[Prepared])
 _ENCODER = msgspec.msgpack.Encoder()
@@ -108,7 +115,7 @@ class ParsePool:
 
     def __init__(
         self, workers: int, beskedtypes: Mapping[str, Version], max_bytes: int,
-        min_batch: int = 32,
+        min_batch: int = 32, restart_after_s: float = RESTART_AFTER_S,
     ) -> None:
         self._pool = worker_pool(workers)
         self._workers = workers
@@ -118,10 +125,14 @@ class ParsePool:
         self.ready = False
         self.worker_pids: list[int] = []
         self._starting: asyncio.Future[list[int]] | None = None
+        self._restart_after = self._next_restart = restart_after_s
+        self._restart: asyncio.TimerHandle | None = None
+        self._started_at = 0.0
 
     def start(self) -> None:
         """Start the workers in the background; `ready` once they have answered."""
         loop = asyncio.get_running_loop()
+        self._started_at = loop.time()
         self._starting = asyncio.gather(*(
             loop.run_in_executor(self._pool, _ready, self._beskedtypes, self._max_bytes)
             for _ in range(self._workers)
@@ -137,6 +148,8 @@ class ParsePool:
         if error is not None:
             log.warning("parse workers did not start; parsing in the event loop", exc_info=error)
             return
+        if self.worker_pids:
+            log.info("parse worker started again; parsing off the event loop as before")
         self.worker_pids = starting.result()
         self.ready = True
 
@@ -146,18 +159,41 @@ class ParsePool:
 
     async def prepare(self, raws: Sequence[RawMessage]) -> list[Prepared]:
         loop = asyncio.get_running_loop()
+        pool = self._pool
         try:
             data = await loop.run_in_executor(
-                self._pool, _prepare_encoded, _ENCODER.encode(list(raws)), self._beskedtypes,
+                pool, _prepare_encoded, _ENCODER.encode(list(raws)), self._beskedtypes,
                 self._max_bytes,
             )
-        except BrokenProcessPool:  # a worker died (killed, out of memory): parse in the loop
-            self.ready = False
-            log.warning("a parse worker died; parsing in the event loop from now on")
+        except BrokenProcessPool:  # a worker died (killed, out of memory)
+            if pool is self._pool:  # not a batch of a pool already replaced
+                self._died()
             raise
         return unpack(data)
 
+    def _died(self) -> None:
+        """Parse in the event loop meanwhile, and start a new worker later."""
+        self.ready = False
+        if self._restart is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._started_at >= STEADY_S:
+            self._next_restart = self._restart_after
+        delay, self._next_restart = (self._next_restart,
+                                     min(self._next_restart * 2, RESTART_AT_MOST_S))
+        log.warning("a parse worker died; parsing in the event loop, and a new worker in "
+                    "%.3g s", delay)
+        self._restart = loop.call_later(delay, self._renew)
+
+    def _renew(self) -> None:
+        self._restart = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = worker_pool(self._workers)
+        self.start()
+
     def close(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
         if self._starting is not None:
             self._starting.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -16,7 +16,7 @@ import pytest
 
 from adapters.files import FileDelivery
 from adapters.sqlite import Store
-from gateway.decide import prepare
+from gateway.decide import Prepared, prepare
 from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader
 from gateway.formats import DEFAULT_BESKEDTYPES
 from gateway.model import RawMessage
@@ -149,6 +149,41 @@ def test_when_the_worker_dies_its_batch_goes_back_and_the_loop_parses_the_next(
     assert asyncio.run(scenario()) == (False, False)
     assert settler.failed == first, "handed back to the source, to come again"
     assert settler.settled == second, "parsed in the event loop and committed"
+
+
+def test_a_new_worker_takes_over_after_one_died(tmp_path: Path) -> None:
+    """Until stop 22 the event loop parsed every batch from then on, until a restart: one
+    core idle, and the loop that talks to the brokers and the store doing both halves."""
+    settler = RecordingSettler()
+    first, second = [handed(settler) for _ in range(3)], [handed(settler) for _ in range(3)]
+
+    async def scenario() -> tuple[bool, list[int], list[Prepared]]:
+        pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=1,
+                         restart_after_s=0.2)
+        store = await Store.open(tmp_path / "g.db")
+        try:
+            pool.start()
+            await until_ready(pool)
+            dead = pool.worker_pids[0]
+            os.kill(dead, signal.SIGKILL)
+            pipeline = Pipeline(store, parse_pool=pool)
+            with pytest.raises(BrokenProcessPool):
+                await pipeline.process(first)  # type: ignore[arg-type]
+            after_death = pool.ready
+            await until_ready(pool)
+            parsed = await pipeline.parse(second)  # type: ignore[arg-type]
+            await pipeline.commit(parsed, second)  # type: ignore[arg-type]
+            return after_death, [dead, *pool.worker_pids], parsed
+        finally:
+            pool.close()
+            await store.close()
+
+    after_death, pids, parsed = asyncio.run(scenario())
+    assert not after_death
+    assert len(set(pids)) == 2, "a new worker process"
+    assert all(item.raw.body == b"" for item in parsed), "crossed from the worker"
+    assert settler.failed == first
+    assert settler.settled == second
 
 
 def test_a_worker_logs_json_with_cpr_masked(capfd: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ from gateway.config import AmqpSink as AmqpSinkConfig
 from gateway.config import AmqpSource as AmqpSourceConfig
 from gateway.config import TlsConfig, source_name
 from gateway.decide import Result
-from gateway.envelope import DEFAULT_MAX_BYTES, oversized_keep
+from gateway.envelope import DEFAULT_MAX_BYTES, oversized_keep, oversized_said
 from gateway.logs import mask
 from gateway.metrics import version
 from gateway.model import RawMessage
@@ -198,8 +198,8 @@ class AmqpSource:
         self.last_message_at = asyncio.get_running_loop().time()
         body = message.body
         if len(body) > self.keep:  # kept as the push receiver and replay keep one
-            log.warning("message of %d bytes is over the limit; its first %d bytes go to the "
-                        "quarantine", len(body), self.keep, extra={"source": self.name})
+            log.warning(oversized_said("message", len(body), self.keep),
+                        extra={"source": self.name})
             body = body[: self.keep]
             if isinstance(message, aio_pika.IncomingMessage):  # not held whole in the intake
                 message.body = b""

@@ -16,7 +16,7 @@ from adapters.tls import ClientRules, server_context, subject_text
 from gateway.config import PushSource as PushConfig
 from gateway.config import source_name
 from gateway.decide import Result
-from gateway.envelope import oversized_keep
+from gateway.envelope import oversized_keep, oversized_said
 from gateway.model import RawMessage
 from gateway.ports import Delivery
 
@@ -107,8 +107,7 @@ class PushReceiver:
                 chunks.append(chunk[: keep - kept])
                 kept += len(chunks[-1])
         if total > keep:
-            log.warning("push body of %d bytes is over the limit; its first %d bytes go to the "
-                        "quarantine", total, keep, extra={"source": self.name})
+            log.warning(oversized_said("push body", total, keep), extra={"source": self.name})
         return b"".join(chunks)
 
     async def start(self, stop: asyncio.Event) -> bool:

@@ -50,6 +50,13 @@ def oversized_keep(max_bytes: int) -> int:
     return max_bytes + 1
 
 
+def oversized_said(what: str, size: int, keep: int) -> str:
+    """The log line for one: its size in MB, as a byte count of ten digits (a gigabyte) would
+    be masked as a CPR number."""
+    return (f"{what} of {size / 1e6:.1f} MB is over the limit; its first {keep} bytes go to "
+            "the quarantine")
+
+
 def _k(name: str) -> str:
     return f"{{{KUVERT}}}{name}"
 
@@ -225,4 +232,7 @@ def parse_event(envelope: Envelope) -> ParsedEvent:
     return msgspec.structs.replace(event, formed_at=envelope.formed_at)
 
 
-__all__ = ["EnvelopeReader", "message_key", "oversized_keep", "parse_event", "parse_xml"]
+__all__ = [
+    "EnvelopeReader", "message_key", "oversized_keep", "oversized_said", "parse_event",
+    "parse_xml",
+]

@@ -16,7 +16,7 @@ import pytest
 
 from gateway import logs
 from gateway.decide import Prepared, Result, prepare
-from gateway.envelope import EnvelopeReader
+from gateway.envelope import EnvelopeReader, oversized_said
 from gateway.model import Outcome, RawMessage, Reason
 from gateway.pipeline import QUARANTINE_LOG_FIRST, QuarantineLog
 from tests.conftest import CLI, ROOT, run_cli
@@ -46,6 +46,13 @@ def test_log_lines_are_json_with_cpr_masked_in_message_fields_and_traces() -> No
 def test_uuids_and_hashes_are_not_mistaken_for_cpr() -> None:
     text = "id 3f5e2a0c-6a51-4c1e-9f0e-123456789012 sha256:a1401851234b"
     assert logs.mask(text) == text
+
+
+def test_the_size_of_an_oversized_message_is_not_masked_as_a_cpr() -> None:
+    """A gigabyte has ten digits: until stop 22 the line said `push body of 107374-**** bytes`."""
+    line = logs.mask(oversized_said("push body", 1_073_741_824, 1_048_577))
+    assert line == ("push body of 1073.7 MB is over the limit; its first 1048577 bytes go to "
+                    "the quarantine")
 
 
 def test_a_full_replay_at_debug_logs_no_cpr(tmp_path: Path) -> None:

@@ -6,18 +6,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import glob
 import logging
 import os
 import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 from adapters.files import sync_directory
 from gateway.ports import OutboxRow
 
 log = logging.getLogger("aes_gateway.jsonl")
+
+ROTATED_STAMP: Final = "%Y%m%dT%H%M%S%fZ"  # UTC, when the file was rotated: its newest line
+
+
+def delete_rotated(target: str, before: dt.datetime) -> list[str]:
+    """Deletes the files that rotation made of `target` before `before` (by the time in their
+    names, which nothing but a rename changes); returns their names. Nothing else in the
+    directory is touched: not another sink's files, nor a name that only looks like one."""
+    path = Path(target)
+    deleted = []
+    for entry in path.parent.glob(f"{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"):
+        stamp = entry.name[len(path.stem) + 1 : len(entry.name) - len(path.suffix)]
+        try:
+            rotated = dt.datetime.strptime(stamp, ROTATED_STAMP).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        if rotated < before and entry.is_file():
+            entry.unlink()
+            deleted.append(entry.name)
+    if deleted:
+        sync_directory(path.parent)
+    return sorted(deleted)
 
 
 class JsonlSink:
@@ -74,7 +97,7 @@ class JsonlSink:
         """`canonical.jsonl` -> `canonical.<UTC time>.jsonl`, and a new `canonical.jsonl`."""
         self.close()
         path = Path(self.target)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime(ROTATED_STAMP)
         path.rename(path.with_name(f"{path.stem}.{stamp}{path.suffix}"))
         self.open(truncate=True)
 

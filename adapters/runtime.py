@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import logging
 import resource
@@ -16,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from adapters.amqp import AmqpSink, AmqpSource, plain_connector
 from adapters.http_limits import CappedServer
-from adapters.jsonl import JsonlSink
+from adapters.jsonl import JsonlSink, delete_rotated
 from adapters.mqtt import MqttSink
 from adapters.push import PushReceiver
 from adapters.sqlite import Store, StoreError
@@ -131,12 +132,29 @@ async def _observe(
                 deleted = await store.purge(config.store.retention_days,
                                             config.store.quarantine_retention_days)
                 log.info("retention purge", extra=deleted)
+                await _purge_rotated(config)
                 next_purge = loop.time() + PURGE_EVERY_S
             except Exception:
                 log.warning("retention purge failed; retried in 5 minutes", exc_info=True)
                 metrics.purge_failures.inc()
                 next_purge = loop.time() + PURGE_RETRY_S
         await asyncio.sleep(OBSERVE_EVERY_S)
+
+
+async def _purge_rotated(config: cfg.Config) -> None:
+    """The JSON Lines sinks' rotated files past their retention: they name people too."""
+    now = dt.datetime.now(dt.UTC)
+    for spec in config.sinks:
+        if not isinstance(spec, cfg.JsonlSink) or spec.path == "-":
+            continue
+        days = spec.rotated_keep_days(config.store)
+        if days:
+            deleted = await asyncio.to_thread(delete_rotated, spec.path,
+                                              now - dt.timedelta(days=days))
+            if deleted:
+                log.info("rotated files past retention deleted", extra={
+                    "sink": cfg.sink_name(spec), "keep_days": days, "files": len(deleted),
+                    "newest": deleted[-1]})
 
 
 async def _observe_once(service: Service, store: Store, metrics: Metrics) -> None:

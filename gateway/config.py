@@ -116,9 +116,16 @@ class JsonlSink(SinkCommon, tag_field="type", tag="jsonl", kw_only=True):
     # one begun at rotation: "0640" lets a consumer's group read it. Never any for others: the
     # events name people. Unset: a new file is made 0600, an existing one keeps its own.
     mode: str | None = None
+    # Rotated files are deleted this many days after their rotation (their newest event): they
+    # name people, as the store does. Unset: the store's retention_days; 0: kept for ever.
+    keep_days: int | None = None
 
     def file_mode(self) -> int | None:
         return None if self.mode is None else int(self.mode, 8)
+
+    def rotated_keep_days(self, store: StoreConfig) -> int:
+        """How long a rotated file is kept; 0: for ever."""
+        return store.retention_days if self.keep_days is None else self.keep_days
 
 
 def source_name(source: AmqpSource | PushSource) -> str:
@@ -303,6 +310,8 @@ def _validate(config: Config) -> None:
     for index, sink in enumerate(config.sinks):
         if isinstance(sink, AmqpSink) and sink.confirm_window < 1:
             raise ConfigError(f"sinks[{index}].confirm_window must be at least 1")
+        if isinstance(sink, JsonlSink) and (sink.keep_days or 0) < 0:
+            raise ConfigError(f"sinks[{index}].keep_days must be at least 0 (0: for ever)")
         if isinstance(sink, MqttSink) and not sink.url.startswith(("mqtt://", "mqtts://")):
             raise ConfigError(f"sinks[{index}].url must start with mqtt:// or mqtts://")
         if sink.cpr == "pseudonymised" and not sink.cpr_secret:

@@ -32,7 +32,9 @@ def explain(config: Config) -> list[str]:
         elif sink.path == "-":
             what = "JSON Lines on standard output"
         else:  # absolute, as the store's: the file a gateway started here writes
-            rotate = (f"a new file past {sink.rotate_bytes / 2**20:g} MiB"
+            keep = sink.rotated_keep_days(config.store)
+            rotate = (f"a new file past {sink.rotate_bytes / 2**20:g} MiB, rotated files kept "
+                      + (f"{keep} days" if keep else "for ever")
                       if sink.rotate_bytes else "never rotated")
             mode = sink.file_mode()
             permissions = "new files 0600" if mode is None else f"mode {mode:04o}"

@@ -141,7 +141,7 @@ def test_config_check_explains_without_showing_passwords(tmp_path: Path) -> None
     # a relative store path is shown as the file it names: the one a gateway started here opens
     assert f"store: {ROOT / 'gateway.db'} (" in out
     assert (f"sink: JSON Lines file {ROOT / 'out.jsonl'} (new files 0600, a new file past "
-            "100 MiB), CPR full") in out
+            "100 MiB, rotated files kept 400 days), CPR full") in out
     assert "http: 127.0.0.1:9464 (up to 32 connections, idle ones closed after 120 s)" in out
 
 
@@ -161,6 +161,22 @@ def test_a_jsonl_sinks_mode_is_for_the_owner_and_a_group_only(mode: str, refused
     else:
         with pytest.raises(cfg.ConfigError, match=refused):
             cfg.parse(text)
+
+
+@pytest.mark.parametrize(("keep", "days"), [("", 400), ("keep_days = 30", 30),
+                                            ("keep_days = 0", 0), ("keep_days = -1", None)])
+def test_rotated_jsonl_files_are_kept_as_long_as_the_store_keeps_events(
+    keep: str, days: int | None
+) -> None:
+    text = MINIMAL + keep + "\n"
+    if days is None:
+        with pytest.raises(cfg.ConfigError, match="keep_days must be at least 0"):
+            cfg.parse(text)
+        return
+    config = cfg.parse(text)
+    (sink,) = config.sinks
+    assert isinstance(sink, cfg.JsonlSink)
+    assert sink.rotated_keep_days(config.store) == days
 
 
 def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:

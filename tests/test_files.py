@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import tracemalloc
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.files import FileDelivery, list_inputs
-from adapters.jsonl import JsonlSink
+from adapters.jsonl import ROTATED_STAMP, JsonlSink, delete_rotated
 from gateway.pipeline import Relay
 from gateway.ports import OutboxRow
 from tests.fakes import MemoryStore
@@ -63,6 +64,36 @@ def test_without_a_mode_an_existing_file_keeps_its_own(tmp_path: Path) -> None:
     sink.open(truncate=False)
     sink.close()
     assert existing.stat().st_mode & 0o777 == 0o640
+
+
+def test_rotated_files_are_deleted_by_the_time_in_their_names_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    def rotated(name: str, days_ago: float) -> str:
+        at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
+        return f"{name}.{at.strftime(ROTATED_STAMP)}.jsonl"
+
+    old, recent = rotated("canonical", 401), rotated("canonical", 399)
+    others = ["canonical.jsonl", rotated("canonical.old", 500), rotated("other", 500),
+              "canonical.20200101.jsonl", "canonical.backup.jsonl", old + ".gz"]
+    for name in [old, recent, *others]:
+        (tmp_path / name).write_text("{}\n")
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    assert delete_rotated(str(tmp_path / "canonical.jsonl"), cutoff) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent, *others])
+
+
+def test_the_names_rotation_gives_are_the_names_the_purge_reads(tmp_path: Path) -> None:
+    sink = JsonlSink(str(tmp_path / "canonical.jsonl"), rotate_bytes=100)
+    sink.open(truncate=True)
+    for start in range(0, 30, 10):
+        asyncio.run(sink.send(rows(start, 10)))
+    sink.close()
+    made = sorted(p.name for p in tmp_path.glob("canonical.*.jsonl"))
+    assert len(made) == 2
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    assert delete_rotated(str(tmp_path / "canonical.jsonl"), later) == made
+    assert [p.name for p in tmp_path.iterdir()] == ["canonical.jsonl"]
 
 
 def test_reopening_appends(tmp_path: Path) -> None:

@@ -377,3 +377,31 @@ def test_a_failed_purge_is_tried_again_after_the_retry_pause_not_at_every_pass(
     asyncio.run(scenario())
     assert len(attempts) in tries, attempts
     assert all(b - a >= 0.29 for a, b in itertools.pairwise(attempts))
+
+
+@pytest.mark.parametrize(("keep", "left"), [("", ["399"]), ("keep_days = 500", ["399", "401"]),
+                                            ("keep_days = 0", ["399", "401"])])
+def test_the_hourly_purge_deletes_rotated_jsonl_files_past_retention(
+    tmp_path: Path, keep: str, left: list[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Until stop 22 every rotated file was kept for ever: the canonical events name people,
+    and the store's retention (400 days) ended in the store."""
+    import datetime as dt
+
+    from adapters.jsonl import ROTATED_STAMP
+    from adapters.runtime import run
+    from gateway import config as cfg
+    from tests.helpers import push_to_jsonl
+
+    now = dt.datetime.now(dt.UTC)
+    for days in ("399", "401"):
+        at = now - dt.timedelta(days=int(days))
+        (tmp_path / f"out.{at.strftime(ROTATED_STAMP)}.jsonl").write_text(f'"{days}"\n')
+    config = cfg.parse(push_to_jsonl(tmp_path, 0) + keep + '\n[http]\nlisten = "127.0.0.1:0"\n')
+    caplog.set_level(logging.INFO, logger="aes_gateway.runtime")
+    asyncio.run(run(config, until_idle=0.3))
+    kept = sorted(p.read_text().strip().strip('"') for p in tmp_path.glob("out.*.jsonl"))
+    assert kept == left
+    said = [r for r in caplog.records if r.getMessage().startswith("rotated files")]
+    assert [(r.files, r.keep_days) for r in said] == (  # type: ignore[attr-defined]
+        [(1, 400)] if left == ["399"] else [])

@@ -315,6 +315,28 @@ def test_purge_command_reports_what_it_deleted(tmp_path: Path) -> None:
     assert deleted == {"events": 0, "messages": 0, "quarantine": 0, "links": 0, "outbox": 2}
 
 
+def test_what_the_purge_deletes_is_gone_from_the_store_file(tmp_path: Path) -> None:
+    """Refused messages past the quarantine's retention, whole with their CPR numbers: deleted
+    rows must not stay readable in free pages, nor be copied into every backup. (Debian's
+    SQLite zeroes them by itself; the store now asks for it on every build.)"""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    for n in range(200):
+        (inbox / f"{n:03}.xml").write_text(f"<not xml PURGED-{n:03} 0101801234")
+    store = tmp_path / "g.db"
+    run_cli("replay", str(inbox), "--store", str(store), "--output", os.devnull)
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE quarantine SET received_at = 0")
+        db.execute("UPDATE messages SET received_at = 0")
+    db.close()
+    assert b"PURGED-199" in store.read_bytes()
+    deleted = json.loads(run_cli("purge", "--store", str(store)).stdout)
+    assert deleted["quarantine"] == 200
+    left = b"".join(p.read_bytes() for p in tmp_path.glob("g.db*") if p.is_file())
+    assert b"PURGED-" not in left
+    assert b"0101801234" not in left
+
+
 def test_demo_reports_the_overlap_and_each_reason_under_the_quarantine(tmp_path: Path) -> None:
     """`make demo`'s report, from the demo's own files: the figures are the replay's, and every
     quarantine reason is listed right under the quarantined count, adding up to it."""

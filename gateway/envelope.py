@@ -42,19 +42,25 @@ BASE64_TAG: Final = f"{{{BASE64_NS}}}Base64"
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
 
 
+# A message refused as too large is kept whole up to this size, so that `quarantine replay`
+# decides it once `max_message_bytes` is raised; RabbitMQ 4 carries no larger by default.
+KEPT_WHOLE_UP_TO: Final = 16 * 1024 * 1024
+
+
 def oversized_keep(max_bytes: int) -> int:
-    """How much of a message over the size limit every source keeps: its first bytes, one past
-    the limit. That shows it is over, and holds its envelope's start (the BeskedId, so it is its
-    identity too); a whole one would cost memory, the store and the quarantine exchange as much
-    as a sender liked (a 1.1 GB file stopped a replay: SQLite keeps no value over 1 GB)."""
-    return max_bytes + 1
+    """How much of a message over the size limit every source keeps: all of it up to
+    KEPT_WHOLE_UP_TO (or just past the limit, if that is higher), and that much of a bigger
+    one: enough to show it is over, and its envelope's start, which makes it its identity.
+    Whole, a message would cost memory, the store and the quarantine exchange as much as a
+    sender liked (a 1.1 GB file stopped a replay: SQLite keeps no value over 1 GB)."""
+    return max(max_bytes + 1, KEPT_WHOLE_UP_TO)
 
 
 def oversized_said(what: str, size: int, keep: int) -> str:
     """The log line for one: its size in MB, as a byte count of ten digits (a gigabyte) would
     be masked as a CPR number."""
-    return (f"{what} of {size / 1e6:.1f} MB is over the limit; its first {keep} bytes go to "
-            "the quarantine")
+    return (f"{what} of {size / 1e6:.1f} MB is over the limit; its first {keep / 2**20:g} MiB "
+            "go to the quarantine")
 
 
 def _k(name: str) -> str:

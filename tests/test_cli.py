@@ -261,7 +261,7 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_not_a_crash(tmp_path: Path)
 def test_a_file_over_a_gigabyte_is_quarantined_not_the_end_of_the_replay(tmp_path: Path) -> None:
     """Until stop 22 replay read the file whole (2.3 GB of RSS for a 1.1 GB file) and its
     commit failed: SQLite keeps no value over 1 GB. Exit 2, and the messages beside it were
-    not decided. Now its first bytes past the limit are kept, as the live sources keep them."""
+    not decided. Now its first 16 MiB are kept, as the live sources keep them."""
     inbox = tmp_path / "in"
     inbox.mkdir()
     shutil.copy(FIXTURES / "v22-inline.xml", inbox / "a.xml")
@@ -276,7 +276,7 @@ def test_a_file_over_a_gigabyte_is_quarantined_not_the_end_of_the_replay(tmp_pat
     with sqlite3.connect(store) as db:
         (body,) = db.execute("SELECT body FROM quarantine").fetchone()
     assert body.startswith(b"<Haendelsesbesked>")
-    assert len(body) == 1024 * 1024 + 1
+    assert len(body) == 16 * 1024 * 1024
 
 
 def test_replay_to_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:

@@ -106,21 +106,26 @@ def test_reopening_appends(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 3_000_000])
-def test_files_within_the_limit_are_read_whole(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("limit", [1000, 3_000_000])
+def test_files_up_to_16_mib_are_read_whole_over_the_limit_or_not(
+    tmp_path: Path, size: int, limit: int
+) -> None:
+    """Whole, for `quarantine replay` to decide one refused as too large once the limit is
+    raised."""
     data = os.urandom(size)
     (tmp_path / "m.xml").write_bytes(data)
-    assert FileDelivery(tmp_path / "m.xml", max_bytes=3_000_000).raw.body == data
+    assert FileDelivery(tmp_path / "m.xml", max_bytes=limit).raw.body == data
 
 
-@pytest.mark.parametrize("limit", [1000, 256 * 1024 - 1, 256 * 1024, 300_000])
-def test_of_a_file_over_the_limit_only_its_first_bytes_are_read(
-    tmp_path: Path, limit: int
+@pytest.mark.parametrize(("limit", "kept"), [(1000, 16 * 2**20), (17 * 2**20, 17 * 2**20 + 1)])
+def test_of_a_bigger_file_only_its_first_bytes_are_read(
+    tmp_path: Path, limit: int, kept: int
 ) -> None:
-    """As much as shows it is too large, and no more: a file of any size read whole cost its
-    size in memory and in the quarantine (over 1 GB, SQLite's limit, it ended the replay)."""
-    data = os.urandom(3_000_000)
+    """A file of any size read whole cost its size in memory and in the quarantine (over 1 GB,
+    SQLite's limit, it ended the replay)."""
+    data = os.urandom(18 * 2**20)
     (tmp_path / "m.xml").write_bytes(data)
-    assert FileDelivery(tmp_path / "m.xml", max_bytes=limit).raw.body == data[: limit + 1]
+    assert FileDelivery(tmp_path / "m.xml", max_bytes=limit).raw.body == data[:kept]
 
 
 @pytest.mark.parametrize("how", ["deleted", "renamed"])

@@ -50,9 +50,9 @@ def test_uuids_and_hashes_are_not_mistaken_for_cpr() -> None:
 
 def test_the_size_of_an_oversized_message_is_not_masked_as_a_cpr() -> None:
     """A gigabyte has ten digits: until stop 22 the line said `push body of 107374-**** bytes`."""
-    line = logs.mask(oversized_said("push body", 1_073_741_824, 1_048_577))
-    assert line == ("push body of 1073.7 MB is over the limit; its first 1048577 bytes go to "
-                    "the quarantine")
+    line = logs.mask(oversized_said("push body", 1_073_741_824, 16 * 2**20))
+    assert line == ("push body of 1073.7 MB is over the limit; its first 16 MiB go to the "
+                    "quarantine")
 
 
 def test_a_full_replay_at_debug_logs_no_cpr(tmp_path: Path) -> None:

@@ -23,12 +23,17 @@ def rows(start: int, count: int) -> list[OutboxRow]:
                       b'{"event_id":"id-%d"}' % seq) for seq in range(start, start + count)]
 
 
-def test_rotation_by_size_keeps_every_line_once_in_order(tmp_path: Path) -> None:
-    sink = JsonlSink(str(tmp_path / "canonical.jsonl"), rotate_bytes=200)
+def write_rotating(path: Path, rotate_bytes: int, chunks: int) -> None:
+    """`chunks` sends of 10 rows each to a new JSON Lines file at `path`."""
+    sink = JsonlSink(str(path), rotate_bytes=rotate_bytes)
     sink.open(truncate=True)
-    for start in range(0, 60, 10):
+    for start in range(0, chunks * 10, 10):
         asyncio.run(sink.send(rows(start, 10)))
     sink.close()
+
+
+def test_rotation_by_size_keeps_every_line_once_in_order(tmp_path: Path) -> None:
+    write_rotating(tmp_path / "canonical.jsonl", rotate_bytes=200, chunks=6)
     files = [*sorted(tmp_path.glob("canonical.*.jsonl")), tmp_path / "canonical.jsonl"]
     assert len(files) > 2
     lines = [line for f in files for line in f.read_text().splitlines()]
@@ -84,11 +89,7 @@ def test_rotated_files_are_deleted_by_the_time_in_their_names_and_nothing_else(
 
 
 def test_the_names_rotation_gives_are_the_names_the_purge_reads(tmp_path: Path) -> None:
-    sink = JsonlSink(str(tmp_path / "canonical.jsonl"), rotate_bytes=100)
-    sink.open(truncate=True)
-    for start in range(0, 30, 10):
-        asyncio.run(sink.send(rows(start, 10)))
-    sink.close()
+    write_rotating(tmp_path / "canonical.jsonl", rotate_bytes=100, chunks=3)
     made = sorted(p.name for p in tmp_path.glob("canonical.*.jsonl"))
     assert len(made) == 2
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)

@@ -294,6 +294,9 @@ async def run(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: a closed terminal
             loop.add_signal_handler(signum, _stopping, signum, stop)
             opened.callback(loop.remove_signal_handler, signum)
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):  # by default they end the process
+            loop.add_signal_handler(signum, _nothing_to_do, signum)
+            opened.callback(loop.remove_signal_handler, signum)
         await service.run(stop, until_idle)
     log.info("gateway stopped")
 
@@ -303,6 +306,14 @@ def _stopping(signum: signal.Signals, stop: asyncio.Event) -> None:
         log.info("%s: stopping; deciding what was delivered and letting the sinks catch up",
                  signum.name)
     stop.set()
+
+
+def _nothing_to_do(signum: signal.Signals) -> None:
+    """A logrotate rule's `kill -USR1` by habit ended the gateway mid-batch: logs go to
+    stderr, and a JSON Lines sink follows a moved file by itself, so there is nothing to
+    reopen."""
+    log.info("%s: nothing to do (logs go to stderr; a JSON Lines sink begins a new file by "
+             "itself when its file is moved); still running", signum.name)
 
 
 async def _quietly(close: Callable[[], Awaitable[None]]) -> None:

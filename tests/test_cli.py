@@ -218,6 +218,38 @@ def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path)
     assert f"push:127.0.0.1:{port} could not start" in result.stderr  # the log line, too
 
 
+def test_sigusr1_and_sigusr2_leave_the_gateway_running(tmp_path: Path) -> None:
+    """A logrotate rule's `postrotate kill -USR1` (by habit) ended the gateway on the spot
+    until stop 22: no graceful stop, exit -10. Now it is logged, and nothing else happens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "gateway.toml"
+    config.write_text(push_to_jsonl(tmp_path, port))
+    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "INFO"}
+    gateway = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=ROOT, env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):  # listening within a second or two
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):
+            gateway.send_signal(signum)
+            time.sleep(0.3)
+        running = gateway.poll() is None
+        gateway.send_signal(signal.SIGTERM)
+        _, err = gateway.communicate(timeout=60)
+    finally:
+        gateway.kill()
+    assert running
+    assert gateway.returncode == 0
+    said = [json.loads(line)["msg"] for line in err.splitlines() if line.startswith("{")]
+    assert [m.split(":")[0] for m in said if "nothing to do" in m] == ["SIGUSR1", "SIGUSR2"]
+    assert said[-1] == "gateway stopped"
+
+
 @pytest.mark.parametrize("failure", ["http port taken", "sink file a directory"])
 def test_run_exits_when_it_cannot_come_up(tmp_path: Path, failure: str) -> None:
     """Until stop 16 a failure after the store was opened (the metrics port taken by another

@@ -251,13 +251,14 @@ async def run(
         store = await Store.open(config.store.path, claim=True)
         opened.push_async_callback(store.close)  # again after the service's own close: a no-op
         reader = EnvelopeReader(config.matching.beskedtypes, config.matching.max_message_bytes)
+        metrics = Metrics(CollectorRegistry())
         pool = None
         if config.processing.parse_workers > 0:
             pool = ParsePool(config.processing.parse_workers, config.matching.beskedtypes,
-                             config.matching.max_message_bytes)
+                             config.matching.max_message_bytes,
+                             on_death=metrics.parse_worker_deaths.inc)
             opened.callback(pool.close)
             pool.start()
-        metrics = Metrics(CollectorRegistry())
         clock = LiveClock()
         pipeline = Pipeline(store, reader, config.matching.tolerance_seconds,
                             [metrics.observe, clock.observe],

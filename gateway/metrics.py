@@ -56,6 +56,9 @@ class Metrics:
                                   ["sink"], registry=registry)
         self.store_bytes = Gauge("aes_gateway_store_size_bytes", "Store file size",
                                  registry=registry)
+        self.parse_worker_deaths = Counter(
+            "aes_gateway_parse_worker_deaths", "Parse worker processes that died (each is "
+            "replaced after a pause; the event loop parses meanwhile)", registry=registry)
         self.purge_failures = Counter("aes_gateway_retention_purge_failures",
                                       "Retention purges that failed (each retried in 5 min)",
                                       registry=registry)

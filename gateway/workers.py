@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache
@@ -116,6 +116,7 @@ class ParsePool:
     def __init__(
         self, workers: int, beskedtypes: Mapping[str, Version], max_bytes: int,
         min_batch: int = 32, restart_after_s: float = RESTART_AFTER_S,
+        on_death: Callable[[], object] = lambda: None,
     ) -> None:
         self._pool = worker_pool(workers)
         self._workers = workers
@@ -128,6 +129,7 @@ class ParsePool:
         self._restart_after = self._next_restart = restart_after_s
         self._restart: asyncio.TimerHandle | None = None
         self._started_at = 0.0
+        self._on_death = on_death  # counted in the metrics
 
     def start(self) -> None:
         """Start the workers in the background; `ready` once they have answered."""
@@ -176,6 +178,7 @@ class ParsePool:
         self.ready = False
         if self._restart is not None:
             return
+        self._on_death()
         loop = asyncio.get_running_loop()
         if loop.time() - self._started_at >= STEADY_S:
             self._next_restart = self._restart_after

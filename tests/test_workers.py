@@ -157,9 +157,11 @@ def test_a_new_worker_takes_over_after_one_died(tmp_path: Path) -> None:
     settler = RecordingSettler()
     first, second = [handed(settler) for _ in range(3)], [handed(settler) for _ in range(3)]
 
+    deaths: list[int] = []
+
     async def scenario() -> tuple[bool, list[int], list[Prepared]]:
         pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=1,
-                         restart_after_s=0.2)
+                         restart_after_s=0.2, on_death=lambda: deaths.append(1))
         store = await Store.open(tmp_path / "g.db")
         try:
             pool.start()
@@ -181,6 +183,7 @@ def test_a_new_worker_takes_over_after_one_died(tmp_path: Path) -> None:
     after_death, pids, parsed = asyncio.run(scenario())
     assert not after_death
     assert len(set(pids)) == 2, "a new worker process"
+    assert len(deaths) == 1, "counted for the metrics, once"
     assert all(item.raw.body == b"" for item in parsed), "crossed from the worker"
     assert settler.failed == first
     assert settler.settled == second

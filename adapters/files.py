@@ -12,6 +12,7 @@ import os
 from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from itertools import pairwise
 from pathlib import Path
 from typing import Final, overload
@@ -256,14 +257,29 @@ async def prepared_batches(
         # in file order: a batch parsed here, or one coming from a worker, with its paths
         slots: deque[tuple[asyncio.Future[bytes], Sequence[str]] | list[Prepared]] = deque()
 
+        broken = False  # a worker died (killed, or out of memory): this process parses the rest
+
+        def died() -> None:
+            nonlocal broken
+            if not broken:
+                log.warning("a parse worker died; this process parses the rest")
+            broken = True
+
         def keep_workers_busy() -> None:  # a few batches queued per worker
-            while chunks and sum(isinstance(s, tuple) for s in slots) < workers + 2:
+            while (not broken and chunks
+                   and sum(isinstance(s, tuple) for s in slots) < workers + 2):
                 chunk = take()
-                slots.append(
-                    (loop.run_in_executor(pool, _prepare_files_encoded, chunk, max_bytes), chunk))
+                try:
+                    slots.append((loop.run_in_executor(pool, _prepare_files_encoded, chunk,
+                                                       max_bytes), chunk))
+                except BrokenProcessPool:
+                    died()
+                    slots.append(_prepare_files(chunk, max_bytes))
 
         keep_workers_busy()
-        while slots:
+        while slots or chunks:
+            if not slots:  # no workers left to wait for
+                slots.append(_prepare_files(take(), max_bytes))
             head = slots[0]
             if isinstance(head, tuple) and not head[0].done() and chunks:
                 # rather than wait: parse a later batch here
@@ -271,8 +287,13 @@ async def prepared_batches(
                 await asyncio.sleep(0)  # let the worker's result in
                 continue
             slot = slots.popleft()
-            batch = (WorkerBatch(unpack(await slot[0]), slot[1], max_bytes)
-                     if isinstance(slot, tuple) else slot)
+            batch: list[Prepared] = slot if isinstance(slot, list) else []
+            if isinstance(slot, tuple):
+                try:
+                    batch = WorkerBatch(unpack(await slot[0]), slot[1], max_bytes)
+                except BrokenProcessPool:  # the worker's batches are parsed here instead
+                    died()
+                    batch = _prepare_files(slot[1], max_bytes)
             keep_workers_busy()
             yield batch
 

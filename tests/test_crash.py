@@ -112,3 +112,34 @@ def test_quarantine_replay_killed_midway_loses_no_quarantined_message(tmp_path: 
     assert len(still) == json.loads((tmp_path / "s.json").read_text())["quarantined"]
     names = {f"file:{path.name}" for path in inbox.glob("*.xml")}
     assert {row["source"] for row in still} <= names  # refused again: still where it came from
+
+
+def test_a_parse_worker_killed_midway_leaves_the_replay_whole(tmp_path: Path) -> None:
+    """The kernel's OOM killer taking the parse worker: until stop 22 the replay ended with
+    exit 1 and a traceback, as for a bug in the gateway. Now this process parses the rest."""
+    inbox = tmp_path / "in"
+    _simulate(inbox, cases=1500, seed=6, bad_share=0.03)
+    out = tmp_path / "killed.jsonl"
+    env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [*CLI, "replay", str(inbox), "--store", str(tmp_path / "killed.db"), "--output",
+         str(out), "--workers", "1", "--batch-size", "200"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and killed is None and time.monotonic() < deadline:
+        if _lines(out) >= 500:
+            for child in _children(proc.pid):
+                if "resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text():
+                    os.kill(child, signal.SIGKILL)
+                    killed = child
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=120)
+    assert killed is not None, "the replay finished before its worker could be killed"
+    assert proc.returncode == 0, err[-2000:]
+    assert "a parse worker died" in err
+
+    run_cli("replay", str(inbox), "--store", str(tmp_path / "clean.db"),
+            "--output", str(tmp_path / "clean.jsonl"))
+    clean = [e["event_id"] for e in read_jsonl(tmp_path / "clean.jsonl")]
+    assert [e["event_id"] for e in read_jsonl(out)] == clean  # all of them, once, in order

@@ -287,8 +287,10 @@ async def prepared_batches(
                 await asyncio.sleep(0)  # let the worker's result in
                 continue
             slot = slots.popleft()
-            batch: list[Prepared] = slot if isinstance(slot, list) else []
-            if isinstance(slot, tuple):
+            batch: list[Prepared]
+            if isinstance(slot, list):
+                batch = slot
+            else:
                 try:
                     batch = WorkerBatch(unpack(await slot[0]), slot[1], max_bytes)
                 except BrokenProcessPool:  # the worker's batches are parsed here instead

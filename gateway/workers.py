@@ -81,8 +81,9 @@ def _die_with_parent(parent: int) -> None:
     and a closed terminal (which reach every process of the command) and a service manager's
     SIGTERM (every process of the service) are the parent's to act on: it stops the workers
     when it stops. A worker that took them itself died mid-batch; Ctrl-C's KeyboardInterrupt
-    was then logged as an error with its traceback."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    was then logged as an error with its traceback. So are SIGUSR1 and SIGUSR2, which the
+    parent logs and ignores (`systemctl kill -s USR1` reaches every process of the service)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
     logs.setup(warn=False)  # a spawned worker starts without the parent's: JSON, CPR masked
     if sys.platform == "linux":

@@ -218,6 +218,20 @@ def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path)
     assert f"push:127.0.0.1:{port} could not start" in result.stderr  # the log line, too
 
 
+def parse_worker(gateway: int) -> int:
+    """The gateway's parse worker (not multiprocessing's tracker), once its initializer has
+    run: it ignores SIGTERM, the parent's to act on."""
+    for _ in range(400):
+        for child in Path(f"/proc/{gateway}/task/{gateway}/children").read_text().split():
+            status = Path(f"/proc/{child}/status").read_text()
+            ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+            tracker = "resource_tracker" in Path(f"/proc/{child}/cmdline").read_text()
+            if not tracker and ignored & (1 << (signal.SIGTERM - 1)):
+                return int(child)
+        time.sleep(0.05)
+    raise AssertionError("no parse worker started")
+
+
 def test_sigusr1_and_sigusr2_leave_the_gateway_running(tmp_path: Path) -> None:
     """A logrotate rule's `postrotate kill -USR1` (by habit) ended the gateway on the spot
     until stop 22: no graceful stop, exit -10. Now it is logged, and nothing else happens."""
@@ -228,22 +242,25 @@ def test_sigusr1_and_sigusr2_leave_the_gateway_running(tmp_path: Path) -> None:
     config.write_text(push_to_jsonl(tmp_path, port))
     env = {**os.environ, "AES_GATEWAY_LOG_LEVEL": "INFO"}
     gateway = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=ROOT, env=env,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         for _ in range(200):  # listening within a second or two
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
-        for signum in (signal.SIGUSR1, signal.SIGUSR2):
-            gateway.send_signal(signum)
+        worker = parse_worker(gateway.pid)
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):  # to all its processes, as systemctl
+            os.killpg(gateway.pid, signum)
             time.sleep(0.3)
         running = gateway.poll() is None
+        worker_running = Path(f"/proc/{worker}").exists()
         gateway.send_signal(signal.SIGTERM)
         _, err = gateway.communicate(timeout=60)
     finally:
         gateway.kill()
     assert running
+    assert worker_running
     assert gateway.returncode == 0
     said = [json.loads(line)["msg"] for line in err.splitlines() if line.startswith("{")]
     assert [m.split(":")[0] for m in said if "nothing to do" in m] == ["SIGUSR1", "SIGUSR2"]

@@ -20,7 +20,7 @@ from typing import Final, overload
 from gateway.decide import Prepared, Result, prepare
 from gateway.envelope import DEFAULT_MAX_BYTES, EnvelopeReader, oversized_keep
 from gateway.model import RawMessage
-from gateway.workers import pack, unpack, worker_pool
+from gateway.workers import forget, from_worker, pack, unpack, worker_pool
 
 log = logging.getLogger("aes_gateway.files")
 
@@ -290,10 +290,14 @@ async def prepared_batches(
             batch: list[Prepared]
             if isinstance(slot, list):
                 batch = slot
+            elif broken:  # the pool is given up, its tasks cancelled: parsed here instead
+                forget(slot[0])
+                batch = _prepare_files(slot[1], max_bytes)
             else:
                 try:
-                    batch = WorkerBatch(unpack(await slot[0]), slot[1], max_bytes)
-                except BrokenProcessPool:  # the worker's batches are parsed here instead
+                    batch = WorkerBatch(unpack(await from_worker(pool, slot[0])), slot[1],
+                                        max_bytes)
+                except BrokenProcessPool:
                     died()
                     batch = _prepare_files(slot[1], max_bytes)
             keep_workers_busy()

@@ -7,6 +7,7 @@ The event loop keeps the brokers, the store and the relays moving while a worker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -35,6 +36,8 @@ PR_SET_PDEATHSIG = 1
 RESTART_AFTER_S: Final = 10.0
 RESTART_AT_MOST_S: Final = 640.0
 STEADY_S: Final = 600.0
+WATCH_EVERY_S: Final = 0.5  # how often a batch's wait looks whether its worker is alive
+T = TypeVar("T")
 _RAWS = msgspec.msgpack.Decoder(list[RawMessage])
 _PREPARED = msgspec.msgpack.Decoder(list[Prepared])
 _ENCODER = msgspec.msgpack.Encoder()
@@ -91,6 +94,46 @@ def _die_with_parent(parent: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+async def from_worker(pool: ProcessPoolExecutor, task: asyncio.Future[T]) -> T:
+    """The result of `task`, run in `pool`; BrokenProcessPool once a worker of it has died.
+
+    concurrent.futures (CPython 3.11) does not notice a worker killed while it wrote a result:
+    its thread waits for the rest of the message for ever, the task never ends, and neither
+    does the process (its exit joins that thread). Seen in 1 run of 4 with the machine busy.
+    So the workers are watched here, and a pool that lost one is given up (`abandon`)."""
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=WATCH_EVERY_S)
+        if done:
+            return task.result()
+        if any(p.exitcode is not None for p in _processes(pool)):
+            abandon(pool)
+            forget(task)
+            raise BrokenProcessPool("a parse worker died")
+
+
+def forget(task: asyncio.Future[Any]) -> None:
+    """A task of a pool given up, not to be awaited: its failure, when it comes, is taken
+    here (asyncio would log it as an error never retrieved)."""
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def abandon(pool: ProcessPoolExecutor) -> None:
+    """Ends a pool that lost a worker without waiting on it: its other workers are killed,
+    and its own end of the results' pipe closed, so that its thread, stuck reading a result
+    the dead worker began, reads the end of the pipe instead and ends."""
+    for process in _processes(pool):
+        if process.exitcode is None:
+            process.kill()
+    results = getattr(pool, "_result_queue", None)
+    with contextlib.suppress(OSError, AttributeError):
+        results._writer.close()  # type: ignore[union-attr]
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _processes(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
@@ -164,10 +207,10 @@ class ParsePool:
         loop = asyncio.get_running_loop()
         pool = self._pool
         try:
-            data = await loop.run_in_executor(
+            data = await from_worker(pool, loop.run_in_executor(
                 pool, _prepare_encoded, _ENCODER.encode(list(raws)), self._beskedtypes,
                 self._max_bytes,
-            )
+            ))
         except BrokenProcessPool:  # a worker died (killed, out of memory)
             if pool is self._pool:  # not a batch of a pool already replaced
                 self._died()

@@ -126,15 +126,18 @@ def test_a_parse_worker_killed_midway_leaves_the_replay_whole(tmp_path: Path) ->
          str(out), "--workers", "1", "--batch-size", "200"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed = None
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and killed is None and time.monotonic() < deadline:
-        if _lines(out) >= 500:
-            for child in _children(proc.pid):
-                if "resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text():
-                    os.kill(child, signal.SIGKILL)
-                    killed = child
-        time.sleep(0.005)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and killed is None and time.monotonic() < deadline:
+            if _lines(out) >= 500:
+                for child in _children(proc.pid):
+                    if "resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text():
+                        os.kill(child, signal.SIGKILL)
+                        killed = child
+            time.sleep(0.005)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # a replay that hung must not outlive the test
     assert killed is not None, "the replay finished before its worker could be killed"
     assert proc.returncode == 0, err[-2000:]
     assert "a parse worker died" in err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -180,3 +182,17 @@ def replayed_store(workdir: Path, body: bytes, *options: str) -> Path:
 def log_a_cpr_in_a_worker() -> None:
     """Run in a parse worker by tests/test_workers.py: what its log lines look like."""
     logging.getLogger("aes_gateway.decide").error("the parser failed on 1401851234")
+
+
+def parse_worker(parent: int) -> int:
+    """The parse worker of a gateway or replay (not multiprocessing's tracker), once its
+    initializer has run: it ignores SIGTERM, the parent's to act on."""
+    for _ in range(400):
+        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            status = Path(f"/proc/{child}/status").read_text()
+            ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+            tracker = "resource_tracker" in Path(f"/proc/{child}/cmdline").read_text()
+            if not tracker and ignored & (1 << (signal.SIGTERM - 1)):
+                return int(child)
+        time.sleep(0.05)
+    raise AssertionError("no parse worker started")

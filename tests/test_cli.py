@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CLI, ROOT, read_jsonl, run_cli
-from tests.helpers import push_to_jsonl
+from tests.helpers import parse_worker, push_to_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -216,20 +216,6 @@ def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path)
     assert result.returncode == 2
     assert "address already in use" in result.stderr
     assert f"push:127.0.0.1:{port} could not start" in result.stderr  # the log line, too
-
-
-def parse_worker(gateway: int) -> int:
-    """The gateway's parse worker (not multiprocessing's tracker), once its initializer has
-    run: it ignores SIGTERM, the parent's to act on."""
-    for _ in range(400):
-        for child in Path(f"/proc/{gateway}/task/{gateway}/children").read_text().split():
-            status = Path(f"/proc/{child}/status").read_text()
-            ignored = int(status.split("SigIgn:")[1].split()[0], 16)
-            tracker = "resource_tracker" in Path(f"/proc/{child}/cmdline").read_text()
-            if not tracker and ignored & (1 << (signal.SIGTERM - 1)):
-                return int(child)
-        time.sleep(0.05)
-    raise AssertionError("no parse worker started")
 
 
 def test_sigusr1_and_sigusr2_leave_the_gateway_running(tmp_path: Path) -> None:

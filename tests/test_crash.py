@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway.cli import _simulate
 from tests.conftest import CLI, ROOT, read_jsonl, run_cli
+from tests.helpers import parse_worker
 
 
 def _lines(path: Path) -> int:
@@ -130,10 +131,8 @@ def test_a_parse_worker_killed_midway_leaves_the_replay_whole(tmp_path: Path) ->
         deadline = time.monotonic() + 120
         while proc.poll() is None and killed is None and time.monotonic() < deadline:
             if _lines(out) >= 500:
-                for child in _children(proc.pid):
-                    if "resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text():
-                        os.kill(child, signal.SIGKILL)
-                        killed = child
+                killed = parse_worker(proc.pid)
+                os.kill(killed, signal.SIGKILL)
             time.sleep(0.005)
         _, err = proc.communicate(timeout=120)
     finally:

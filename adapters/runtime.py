@@ -39,15 +39,13 @@ def _source(
 ) -> Source:
     if isinstance(spec, cfg.PushSource):
         return PushReceiver(spec, intake, max_bytes)
+    name = f"source {cfg.source_name(spec)}"  # the connection's, in the broker
     if spec.sts is not None:
         from adapters.sts import token_connector  # only the Beskedfordeler needs it
 
-        return AmqpSource(spec, intake, token_connector(spec.url, spec.tls, spec.sts,
-                                                        f"source {cfg.source_name(spec)}"),
+        return AmqpSource(spec, intake, token_connector(spec.url, spec.tls, spec.sts, name),
                           max_bytes)
-    return AmqpSource(spec, intake, plain_connector(spec.url, spec.tls,
-                                                    f"source {cfg.source_name(spec)}"),
-                      max_bytes)
+    return AmqpSource(spec, intake, plain_connector(spec.url, spec.tls, name), max_bytes)
 
 
 def _relays(

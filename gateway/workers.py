@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache
+from multiprocessing import resource_tracker
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -37,6 +38,10 @@ RESTART_AFTER_S: Final = 10.0
 RESTART_AT_MOST_S: Final = 640.0
 STEADY_S: Final = 600.0
 WATCH_EVERY_S: Final = 0.5  # how often a batch's wait looks whether its worker is alive
+# Signals that reach every process of the service (a closed terminal, `systemctl kill -s USR1`)
+# and that the gateway handles itself: the workers ignore them, the tracker never sees them.
+PARENTS_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,
+                          signal.SIGUSR2)
 T = TypeVar("T")
 _RAWS = msgspec.msgpack.Decoder(list[RawMessage])
 _PREPARED = msgspec.msgpack.Decoder(list[Prepared])
@@ -86,7 +91,7 @@ def _die_with_parent(parent: int) -> None:
     when it stops. A worker that took them itself died mid-batch; Ctrl-C's KeyboardInterrupt
     was then logged as an error with its traceback. So are SIGUSR1 and SIGUSR2, which the
     parent logs and ignores (`systemctl kill -s USR1` reaches every process of the service)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for signum in PARENTS_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     logs.setup(warn=False)  # a spawned worker starts without the parent's: JSON, CPR masked
     if sys.platform == "linux":
@@ -136,9 +141,22 @@ def _processes(pool: ProcessPoolExecutor) -> list[multiprocessing.process.BasePr
     return list((getattr(pool, "_processes", None) or {}).values())
 
 
+def _tracker_deaf() -> None:
+    """Start multiprocessing's resource tracker (the pool's other child) with the parent's
+    signals blocked, which it keeps. Started as multiprocessing starts it, it blocks only
+    SIGINT and SIGTERM: a SIGUSR1 or SIGHUP to the whole service killed it, and at the stop it
+    printed a traceback for each of the pool's semaphores, on stderr, not as JSON."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, PARENTS_SIGNALS)
+    try:
+        resource_tracker.ensure_running()  # a no-op while it runs
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """Worker processes started fresh (spawn: no fork of a process with threads) that die
     with the process that started them."""
+    _tracker_deaf()
     return ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),

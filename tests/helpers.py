@@ -188,11 +188,38 @@ def parse_worker(parent: int) -> int:
     """The parse worker of a gateway or replay (not multiprocessing's tracker), once its
     initializer has run: it ignores SIGTERM, the parent's to act on."""
     for _ in range(400):
-        for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        for child in children(parent):
             status = Path(f"/proc/{child}/status").read_text()
             ignored = int(status.split("SigIgn:")[1].split()[0], 16)
-            tracker = "resource_tracker" in Path(f"/proc/{child}/cmdline").read_text()
-            if not tracker and ignored & (1 << (signal.SIGTERM - 1)):
-                return int(child)
+            if not _is_tracker(child) and ignored & (1 << (signal.SIGTERM - 1)):
+                return child
         time.sleep(0.05)
     raise AssertionError("no parse worker started")
+
+
+def resource_tracker(parent: int) -> int:
+    """multiprocessing's resource tracker, the other child of a gateway with a parse worker."""
+    trackers = [child for child in children(parent) if _is_tracker(child)]
+    assert len(trackers) == 1, trackers
+    return trackers[0]
+
+
+def alive(pid: int) -> bool:
+    """Running, neither gone nor a zombie waiting for its parent."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return status.split("State:")[1].split()[0] != "Z"
+
+
+def children(parent: int) -> list[int]:
+    """The processes `parent` started; none once it has ended."""
+    try:
+        return [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _is_tracker(pid: int) -> bool:
+    return "resource_tracker" in Path(f"/proc/{pid}/cmdline").read_text()

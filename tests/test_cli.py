@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CLI, ROOT, read_jsonl, run_cli
-from tests.helpers import parse_worker, push_to_jsonl
+from tests.helpers import alive, parse_worker, push_to_jsonl, resource_tracker
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -220,7 +220,8 @@ def test_run_exits_with_a_clear_error_when_a_source_cannot_start(tmp_path: Path)
 
 def test_sigusr1_and_sigusr2_leave_the_gateway_running(tmp_path: Path) -> None:
     """A logrotate rule's `postrotate kill -USR1` (by habit) ended the gateway on the spot
-    until stop 22: no graceful stop, exit -10. Now it is logged, and nothing else happens."""
+    until stop 22: no graceful stop, exit -10. Now it is logged, and nothing else happens; the
+    resource tracker, the gateway's other child, lives on too since stop 23."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -236,19 +237,22 @@ def test_sigusr1_and_sigusr2_leave_the_gateway_running(tmp_path: Path) -> None:
                     break
             time.sleep(0.05)
         worker = parse_worker(gateway.pid)
+        tracker = resource_tracker(gateway.pid)
         for signum in (signal.SIGUSR1, signal.SIGUSR2):  # to all its processes, as systemctl
             os.killpg(gateway.pid, signum)
             time.sleep(0.3)
         running = gateway.poll() is None
-        worker_running = Path(f"/proc/{worker}").exists()
+        worker_running, tracker_running = alive(worker), alive(tracker)
         gateway.send_signal(signal.SIGTERM)
         _, err = gateway.communicate(timeout=60)
     finally:
         gateway.kill()
     assert running
     assert worker_running
+    assert tracker_running, "multiprocessing's resource tracker (until stop 23 it died)"
     assert gateway.returncode == 0
-    said = [json.loads(line)["msg"] for line in err.splitlines() if line.startswith("{")]
+    assert all(line.startswith("{") for line in err.splitlines()), "no traceback at the stop"
+    said = [json.loads(line)["msg"] for line in err.splitlines()]
     assert [m.split(":")[0] for m in said if "nothing to do" in m] == ["SIGUSR1", "SIGUSR2"]
     assert said[-1] == "gateway stopped"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gateway.cli import _simulate
 from tests.conftest import CLI, ROOT, read_jsonl, run_cli
-from tests.helpers import parse_worker
+from tests.helpers import children, parse_worker
 
 
 def _lines(path: Path) -> int:
@@ -19,13 +19,6 @@ def _lines(path: Path) -> int:
         return path.read_bytes().count(b"\n")
     except FileNotFoundError:
         return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def _gone(pid: int, within_s: float = 5.0) -> bool:
@@ -53,7 +46,7 @@ def _kill_midway(args: list[str], out: Path, after_lines: int) -> bool:
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if _lines(out) >= start + after_lines:
-            workers = _children(proc.pid)
+            workers = children(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             ORPHANS.extend(w for w in workers if not _gone(w))

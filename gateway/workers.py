@@ -198,7 +198,8 @@ class ParsePool:
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
         self._starting = asyncio.gather(*(
-            loop.run_in_executor(self._pool, _ready, self._beskedtypes, self._max_bytes)
+            from_worker(self._pool, loop.run_in_executor(
+                self._pool, _ready, self._beskedtypes, self._max_bytes))
             for _ in range(self._workers)
         ))
         self._starting.add_done_callback(self._started)
@@ -208,6 +209,9 @@ class ParsePool:
             return
         error = starting.exception()
         if isinstance(error, asyncio.CancelledError):  # the pool shut down while starting
+            return
+        if isinstance(error, BrokenProcessPool):  # killed before it answered
+            self._died()
             return
         if error is not None:
             log.warning("parse workers did not start; parsing in the event loop", exc_info=error)

@@ -22,7 +22,7 @@ from gateway.formats import DEFAULT_BESKEDTYPES
 from gateway.model import RawMessage
 from gateway.pipeline import Pipeline
 from gateway.ports import Delivery
-from gateway.workers import ParsePool, from_worker, pack, unpack, worker_pool
+from gateway.workers import ParsePool, _processes, from_worker, pack, unpack, worker_pool
 from tests import helpers as h
 
 
@@ -187,6 +187,30 @@ def test_a_new_worker_takes_over_after_one_died(tmp_path: Path) -> None:
     assert all(item.raw.body == b"" for item in parsed), "crossed from the worker"
     assert settler.failed == first
     assert settler.settled == second
+
+
+def test_a_worker_killed_before_it_first_answered_is_replaced_too() -> None:
+    """Until stop 23 a worker that died while the pool started (before it answered) left the
+    pool not ready for good: the event loop parsed every batch until a restart."""
+    deaths: list[int] = []
+
+    async def scenario() -> tuple[int, list[int]]:
+        pool = ParsePool(1, DEFAULT_BESKEDTYPES, DEFAULT_MAX_BYTES, min_batch=1,
+                         restart_after_s=0.2, on_death=lambda: deaths.append(1))
+        try:
+            pool.start()
+            (first,) = _processes(pool._pool)  # spawned at once; an interpreter takes 0.2 s
+            assert first.pid is not None
+            os.kill(first.pid, signal.SIGKILL)
+            await until_ready(pool)
+            return first.pid, pool.worker_pids
+        finally:
+            pool.close()
+
+    killed, pids = asyncio.run(scenario())
+    assert len(pids) == 1
+    assert pids[0] != killed, "a new worker"
+    assert deaths == [1], "counted for the metrics"
 
 
 def test_a_wait_on_a_worker_ends_when_the_worker_dies_whatever_the_pool_says() -> None:

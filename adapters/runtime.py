@@ -11,6 +11,7 @@ import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,6 +22,7 @@ from adapters.jsonl import JsonlSink, delete_rotated
 from adapters.mqtt import MqttSink
 from adapters.push import PushReceiver
 from adapters.sqlite import Store, StoreError
+from adapters.sqlite_backup import delete_replaced
 from gateway import config as cfg
 from gateway.clock import LiveClock
 from gateway.envelope import EnvelopeReader
@@ -130,7 +132,7 @@ async def _observe(
                 deleted = await store.purge(config.store.retention_days,
                                             config.store.quarantine_retention_days)
                 log.info("retention purge", extra=deleted)
-                await _purge_rotated(config)
+                await _purge_files(config)
                 next_purge = loop.time() + PURGE_EVERY_S
             except Exception:
                 log.warning("retention purge failed; retried in 5 minutes", exc_info=True)
@@ -139,9 +141,18 @@ async def _observe(
         await asyncio.sleep(OBSERVE_EVERY_S)
 
 
-async def _purge_rotated(config: cfg.Config) -> None:
-    """The JSON Lines sinks' rotated files past their retention: they name people too."""
+async def _purge_files(config: cfg.Config) -> None:
+    """The files beside the store and the sinks past their retention: they name people too.
+    A store that `restore` replaced goes `retention_days` after the restore; the JSON Lines
+    sinks' rotated files after their `keep_days`."""
     now = dt.datetime.now(dt.UTC)
+    store = Path(config.store.path)
+    deleted = await asyncio.to_thread(
+        delete_replaced, store, now - dt.timedelta(days=config.store.retention_days))
+    if deleted:
+        log.info("replaced store past retention deleted", extra={
+            "store": str(store), "retention_days": config.store.retention_days,
+            "files": ", ".join(deleted)})
     for spec in config.sinks:
         if not isinstance(spec, cfg.JsonlSink) or spec.path == "-":
             continue

@@ -39,6 +39,7 @@ from adapters.sqlite_files import (
 )
 
 BACKUP_NAME: Final = "{stem}-{stamp}.db"  # a backup's name in a backup directory
+REPLACED_NAME: Final = "{name}.replaced-{stamp}"  # a store that `restore` moved aside
 STAMP: Final = "%Y%m%dT%H%M%SZ"  # UTC; sorts as it is named
 
 
@@ -101,7 +102,8 @@ def _keep_newest(directory: Path, stem: str, keep: int) -> list[str]:
 
 def restore(copy: Path, store: Path) -> Restored:
     """Puts `copy` (a backup) in the place of `store`, with the gateway stopped: it claims the
-    store as the gateway does. The replaced store is kept, renamed with its WAL, never deleted."""
+    store as the gateway does. The replaced store is kept, renamed with its WAL; the gateway's
+    retention purge deletes it `retention_days` later (`delete_replaced`)."""
     _a_store(copy, "backup")
     if not store.parent.is_dir():
         raise StoreError(f"no directory {str(store.parent)!r} for the store")
@@ -111,7 +113,7 @@ def restore(copy: Path, store: Path) -> Restored:
         if store.exists():
             refuse_foreign(store)
         stamp = dt.datetime.now(dt.UTC).strftime(STAMP)
-        aside = store.with_name(f"{store.name}.replaced-{stamp}")
+        aside = store.with_name(REPLACED_NAME.format(name=store.name, stamp=stamp))
 
         def move_aside() -> None:
             """The old store's file gets a second name, and its WAL moves to go with it; the
@@ -129,6 +131,26 @@ def restore(copy: Path, store: Path) -> Restored:
         os.close(held)
     return Restored(str(store.absolute()), str(copy.absolute()), events,
                     str(kept[0].absolute()) if kept else None)
+
+
+def delete_replaced(store: Path, before: dt.datetime) -> list[str]:
+    """Deletes what `restore` moved aside from `store` before `before` (by the time in the
+    names, with their `-wal` and `-shm`); returns the names. Every row such a file holds was in
+    the store then, and the store's own purge would have deleted it by `retention_days` after.
+    Nothing else in the directory is touched (nor a directory or symbolic link named so)."""
+    prefix = REPLACED_NAME.format(name=store.name, stamp="")
+    named = re.compile(re.escape(prefix) + r"(\d{8}T\d{6}Z)(?:-wal|-shm)?")
+    deleted = []
+    for entry in store.parent.iterdir():
+        found = named.fullmatch(entry.name)
+        if found is None or not stat.S_ISREG(entry.lstat().st_mode):
+            continue
+        if dt.datetime.strptime(found[1], STAMP).replace(tzinfo=dt.UTC) < before:
+            entry.unlink()
+            deleted.append(entry.name)
+    if deleted:
+        sync_directory(store.parent)
+    return sorted(deleted)
 
 
 def _a_store(path: Path, what: str) -> None:

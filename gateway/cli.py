@@ -143,7 +143,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if command == "purge":
         async with await Store.open(_existing(args.store)) as store:
-            _write_json("-", await store.purge(args.retention_days, args.quarantine_days))
+            deleted: dict[str, object] = {
+                **await store.purge(args.retention_days, args.quarantine_days)}
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(days=args.retention_days)
+        deleted["replaced_stores"] = sqlite_backup.delete_replaced(args.store, before)
+        _write_json("-", deleted)
         return 0
     from gateway.demo import demo  # only the demo needs it
 

@@ -138,7 +138,8 @@ def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                         "collector (Prometheus text format)")
 
     p = sub.add_parser("restore", help="put a backup in the store's place (gateway stopped); "
-                       "the replaced store is kept")
+                       "the replaced store is kept beside it, until the gateway's purge "
+                       "deletes it retention_days later")
     p.add_argument("backup", type=Path, help="a file written by `aes-gateway backup`")
     p.add_argument("--store", type=Path, required=True,
                    help="the store file to replace (or to create)")

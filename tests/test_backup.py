@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.sqlite_backup import STAMP, delete_replaced
 from tests.conftest import CLI, ROOT, run_cli
 from tests.faults import small_disk
 
@@ -385,3 +387,56 @@ def test_restore_refuses_a_backup_of_a_newer_gateway(tmp_path: Path, replayed: P
     assert store.read_bytes() == before
     assert not list(tmp_path.glob("s.db.replaced-*"))
 
+
+
+def days_ago(days: float, stamp: str) -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).strftime(stamp)
+
+
+def test_replaced_stores_are_deleted_by_the_time_in_their_names_and_nothing_else(
+    tmp_path: Path, replayed: Path,
+) -> None:
+    """Until stop 23 a replaced store was kept for ever, with the personal data it holds."""
+    store = a_store(replayed, tmp_path / "s.db")
+    restored = json.loads(run_cli("restore", str(replayed), "--store", str(store)).stdout)
+    made = Path(str(restored["replaced_store_kept_as"])).name
+    old = f"s.db.replaced-{days_ago(401, STAMP)}"
+    recent = f"s.db.replaced-{days_ago(399, STAMP)}"
+    others = [f"t.db.replaced-{days_ago(500, STAMP)}", f"s.db.replaced-{days_ago(500, STAMP)}.x",
+              "s.db.replaced-20200101", "s.db.old"]
+    for name in [old, f"{old}-wal", f"{old}-shm", recent, *others]:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / f"s.db.replaced-{days_ago(600, STAMP)}").mkdir()
+    others.append(f"s.db.replaced-{days_ago(600, STAMP)}")
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    assert delete_replaced(store, before) == [old, f"{old}-shm", f"{old}-wal"]
+    left = {p.name for p in tmp_path.iterdir()}
+    assert {recent, made, *others} <= left
+    assert old not in left
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    assert made in delete_replaced(store, later), "the name restore gives is the one read"
+
+
+def test_the_running_gateway_deletes_what_is_past_retention_beside_the_store_and_sinks(
+    tmp_path: Path,
+) -> None:
+    """The hourly purge (first at start-up): a replaced store `retention_days` after the
+    restore, a rotated JSON Lines file its `keep_days` after its rotation."""
+    from adapters.jsonl import ROTATED_STAMP
+    from tests.helpers import push_to_jsonl
+
+    gone = [f"g.db.replaced-{days_ago(401, STAMP)}", f"g.db.replaced-{days_ago(401, STAMP)}-wal",
+            f"out.{days_ago(401, ROTATED_STAMP)}.jsonl"]
+    kept = [f"g.db.replaced-{days_ago(399, STAMP)}", f"out.{days_ago(399, ROTATED_STAMP)}.jsonl"]
+    for name in gone + kept:
+        (tmp_path / name).write_bytes(b"")
+    config = tmp_path / "gateway.toml"
+    config.write_text(push_to_jsonl(tmp_path, 0))
+    result = run_cli("run", "--config", str(config), "--until-idle", "1", env_level="INFO")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert set(kept) <= left
+    assert not set(gone) & left
+    said = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert [line["msg"] for line in said if "past retention" in line["msg"]] == [
+        "replaced store past retention deleted", "rotated files past retention deleted"]

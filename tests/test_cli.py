@@ -350,8 +350,13 @@ def test_quarantined_input_still_exits_zero(tmp_path: Path) -> None:
 def test_purge_command_reports_what_it_deleted(tmp_path: Path) -> None:
     store = str(tmp_path / "s.db")
     run_cli("replay", str(FIXTURES), "--store", store, "--output", str(tmp_path / "o"))
+    replaced = [f"s.db.replaced-{stamp}" for stamp in ("20200101T000000Z", "20991231T000000Z")]
+    for name in replaced:
+        (tmp_path / name).write_bytes(b"")
     deleted = json.loads(run_cli("purge", "--store", store, "--retention-days", "400").stdout)
-    assert deleted == {"events": 0, "messages": 0, "quarantine": 0, "links": 0, "outbox": 2}
+    assert deleted == {"events": 0, "messages": 0, "quarantine": 0, "links": 0, "outbox": 2,
+                       "replaced_stores": [replaced[0]]}
+    assert (tmp_path / replaced[1]).exists()
 
 
 def test_what_the_purge_deletes_is_gone_from_the_store_file(tmp_path: Path) -> None:

@@ -112,7 +112,9 @@ def _dispatch_at_once(args: argparse.Namespace) -> int | None:
         _write_json("-", msgspec.to_builtins(sqlite_backup.restore(args.backup, args.store)))
         return 0
     if command == "config":
-        loaded = config.load(args.config)
+        if (args.file is None) == (args.config is None):
+            raise UsageError("config check takes one configuration: FILE or --config FILE")
+        loaded = config.load(args.config or args.file)
         print("\n".join(["configuration is valid:", *config_explain.explain(loaded)]))
         return 0
     return None

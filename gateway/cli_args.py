@@ -103,7 +103,8 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("config", help="validate a configuration and explain it")
     p.add_argument("action", choices=["check"])
-    p.add_argument("--config", type=Path, required=True, help="the TOML configuration")
+    p.add_argument("file", nargs="?", type=Path, help="the TOML configuration (or --config)")
+    p.add_argument("--config", type=Path, help="the TOML configuration, as `run` takes it")
 
 
 def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

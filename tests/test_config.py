@@ -179,12 +179,24 @@ def test_rotated_jsonl_files_are_kept_as_long_as_the_store_keeps_events(
     assert sink.rotated_keep_days(config.store) == days
 
 
-def test_config_check_fails_with_the_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named", [["--config"], []], ids=["--config FILE", "FILE"])
+def test_config_check_fails_with_the_reason(tmp_path: Path, named: list[str]) -> None:
+    """`config check FILE` is what an operator types first; until stop 23 only --config."""
     path = tmp_path / "g.toml"
     path.write_text(MINIMAL + "[store]\npaht = 'x'\n")
-    result = run_cli("config", "check", "--config", str(path), check=False)
+    result = run_cli("config", "check", *named, str(path), check=False)
     assert result.returncode == 2
     assert "paht" in result.stderr
+
+
+def test_config_check_takes_one_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(MINIMAL)
+    assert run_cli("config", "check", str(path)).stdout.startswith("configuration is valid:")
+    for args in ([], [str(path), "--config", str(path)]):
+        result = run_cli("config", "check", *args, check=False)
+        assert result.returncode == 2
+        assert "one configuration: FILE or --config FILE" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -183,21 +183,35 @@ class Config(Strict):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
 
 
-def _expand(value: Any, where: str) -> Any:
+def _expand(value: Any, where: str, missing: dict[str, list[str]]) -> Any:
+    """`value` with every `${NAME}` read from the environment; a NAME not set is added to
+    `missing` with where it is used, so that one error can name them all."""
     if isinstance(value, dict):
-        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _expand(v, f"{where}.{k}", missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand(v, f"{where}[{i}]", missing) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def lookup(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                raise ConfigError(f"{where}: environment variable {name!r} is not set")
+                missing.setdefault(name, []).append(where)
+                return ""
             return os.environ[name]
 
         return _ENV_REF.sub(lookup, value)
     return value
+
+
+def _expanded(raw: dict[str, Any]) -> dict[str, Any]:
+    missing: dict[str, list[str]] = {}
+    expanded: dict[str, Any] = _expand(raw, "$", missing)
+    if missing:
+        said = "; ".join(f"{name!r} (used at {', '.join(where)})"
+                         for name, where in missing.items())
+        plural = "s" if len(missing) > 1 else ""
+        raise ConfigError(f"environment variable{plural} not set: {said}")
+    return expanded
 
 
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
@@ -369,7 +383,7 @@ def parse(text: str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from exc
     try:
-        config = msgspec.convert(_expand(raw, "$"), Config)
+        config = msgspec.convert(_expanded(raw), Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(str(exc)) from exc
     _validate(config)

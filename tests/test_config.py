@@ -53,6 +53,20 @@ def test_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(cfg.ConfigError, match="AMQP_PASSWORD"):
         cfg.parse(MINIMAL.replace("guest:guest", "guest:${AMQP_PASSWORD}"))
 
+
+def test_every_variable_not_set_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until stop 23 only the first was named: set it, run again, learn of the next."""
+    for name in ("AMQP_PASSWORD", "KEY"):
+        monkeypatch.delenv(name, raising=False)
+    text = (MINIMAL.replace("guest:guest", "guest:${AMQP_PASSWORD}")
+            + '[[sinks]]\ntype = "jsonl"\npath = "p.jsonl"\ncpr = "pseudonym"\n'
+              'cpr_secret = "${KEY}"\n')
+    with pytest.raises(cfg.ConfigError) as raised:
+        cfg.parse(text)
+    assert str(raised.value) == (
+        "environment variables not set: 'AMQP_PASSWORD' (used at $.sources[0].url); "
+        "'KEY' (used at $.sinks[1].cpr_secret)")
+
 PUSH_LOCAL = """
 [[sinks]]
 type = "jsonl"

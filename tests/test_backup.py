@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from adapters.jsonl import ROTATED_STAMP
 from adapters.sqlite_backup import STAMP, delete_replaced
 from tests.conftest import CLI, ROOT, run_cli
 from tests.faults import small_disk
+from tests.helpers import push_to_jsonl
 
 OUTCOMES = "SELECT message_key, outcome, event_id FROM messages ORDER BY message_key"
 
@@ -423,9 +425,6 @@ def test_the_running_gateway_deletes_what_is_past_retention_beside_the_store_and
 ) -> None:
     """The hourly purge (first at start-up): a replaced store `retention_days` after the
     restore, a rotated JSON Lines file its `keep_days` after its rotation."""
-    from adapters.jsonl import ROTATED_STAMP
-    from tests.helpers import push_to_jsonl
-
     gone = [f"g.db.replaced-{days_ago(401, STAMP)}", f"g.db.replaced-{days_ago(401, STAMP)}-wal",
             f"out.{days_ago(401, ROTATED_STAMP)}.jsonl"]
     kept = [f"g.db.replaced-{days_ago(399, STAMP)}", f"out.{days_ago(399, ROTATED_STAMP)}.jsonl"]
@@ -433,7 +432,7 @@ def test_the_running_gateway_deletes_what_is_past_retention_beside_the_store_and
         (tmp_path / name).write_bytes(b"")
     config = tmp_path / "gateway.toml"
     config.write_text(push_to_jsonl(tmp_path, 0))
-    result = run_cli("run", "--config", str(config), "--until-idle", "1", env_level="INFO")
+    result = run_cli("run", "--config", str(config), "--until-idle", "2", env_level="INFO")
     left = {p.name for p in tmp_path.iterdir()}
     assert set(kept) <= left
     assert not set(gone) & left

@@ -5,8 +5,9 @@ deploy/aes-gateway.service allows the system calls of `@system-service` less `@p
 a change (ours, or a dependency's) that starts to make one: the service would die in
 production, at start or at the first message of some kind. So the gateway runs here under
 strace, with every kind of source and sink and its parse worker, and so does a backup; what
-they did is held against the units' own settings: system calls, socket families, and memory
-both writable and executable (`MemoryDenyWriteExecute`).
+they did is held against the units' own settings: system calls, socket families, memory both
+writable and executable (`MemoryDenyWriteExecute`), and the paths they write
+(`ProtectSystem=strict`: only `ReadWritePaths`, /tmp and /dev/shm).
 
 They run as a user other than root, as the units run them (`User=aes-gateway`), in a user
 namespace: run as root, SQLite gives the files it creates their database's owner (`fchown`, in
@@ -86,8 +87,37 @@ def system_calls(trace: Path) -> Calls:
             if (found := CALL.match(line))]
 
 
-def assert_allowed(calls: Calls, unit: str) -> None:
+CHANGES_FILES = frozenset({"mkdir", "mkdirat", "rename", "renameat", "renameat2", "link", "linkat",
+                           "symlink", "symlinkat", "unlink", "unlinkat", "chmod", "fchmodat",
+                           "truncate", "creat"})
+WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
+# What any of the units' services may write besides its ReadWritePaths (PrivateTmp's /tmp,
+# and /dev/shm for multiprocessing's semaphores): paths checked here, no files made here.
+ALWAYS_WRITABLE = ("/tmp/", "/dev/shm/", "/dev/null")  # noqa: S108
+
+
+def written(calls: Calls) -> set[str]:
+    """The paths that calls which succeeded (or whose end the trace holds elsewhere) created,
+    wrote, renamed, linked, removed or changed the mode of."""
+    paths = set()
+    for name, args in calls:
+        if "= -1 " in args:
+            continue
+        opens = name in ("open", "openat") and any(flag in args for flag in WRITE_FLAGS)
+        if opens or name in CHANGES_FILES:
+            paths.update(re.findall(r'"([^"]*)"', args.split(") =")[0]))
+    return paths
+
+
+def assert_allowed(calls: Calls, unit: str, writable: tuple[str, ...]) -> None:
+    """What `calls` did is what `unit` allows; `writable` stands in for its ReadWritePaths.
+    Under ProtectSystem=strict, ProtectHome and PrivateTmp, those, /tmp and /dev/shm (where
+    multiprocessing's semaphores live) are all a service may write; and its working directory
+    is /, so a relative path is never writable."""
     sandbox = Sandbox(unit)
+    outside = {path for path in written(calls)
+               if not path.startswith((*writable, *ALWAYS_WRITABLE))}
+    assert outside == set(), f"paths written that {unit} keeps read-only"
     assert {name for name, _ in calls} - sandbox.syscalls == set(), (
         f"system calls that {unit} forbids")
     families = {args.split(",")[0] for name, args in calls if name == "socket"}
@@ -138,7 +168,7 @@ def test_the_gateway_makes_only_the_system_calls_its_unit_allows(tmp_path: Path)
     started = [args for name, args in calls if name == "execve"]
     assert len(started) == 3, "the gateway, multiprocessing's tracker and the parse worker"
     assert {"accept4", "fdatasync"} <= {name for name, _ in calls}, "a push, a sink's write"
-    assert_allowed(calls, "aes-gateway.service")
+    assert_allowed(calls, "aes-gateway.service", (f"{tmp_path}/",))
 
 
 async def _push(url: str, body: bytes) -> str:
@@ -163,4 +193,5 @@ def test_a_backup_makes_only_the_system_calls_its_unit_allows(tmp_path: Path) ->
     _, err = backup.communicate(timeout=120)
     assert backup.returncode == 0, err.decode()[-2000:]
     assert [p.suffix for p in backups.iterdir()] == [".db"]
-    assert_allowed(system_calls(tmp_path / "trace"), "aes-gateway-backup.service")
+    assert_allowed(system_calls(tmp_path / "trace"), "aes-gateway-backup.service",
+                   (f"{tmp_path}/",))

@@ -6,8 +6,8 @@ a change (ours, or a dependency's) that starts to make one: the service would di
 production, at start or at the first message of some kind. So the gateway runs here under
 strace, with every kind of source and sink and its parse worker, and so does a backup; what
 they did is held against the units' own settings: system calls, socket families, memory both
-writable and executable (`MemoryDenyWriteExecute`), and the paths they write
-(`ProtectSystem=strict`: only `ReadWritePaths`, /tmp and /dev/shm).
+writable and executable (`MemoryDenyWriteExecute`), new namespaces (`RestrictNamespaces`),
+and the paths they write (`ProtectSystem=strict`: only `ReadWritePaths`, /tmp and /dev/shm).
 
 They run as a user other than root, as the units run them (`User=aes-gateway`), in a user
 namespace: run as root, SQLite gives the files it creates their database's owner (`fchown`, in
@@ -59,23 +59,27 @@ def syscall_set(name: str) -> frozenset[str]:
 
 
 class Sandbox:
-    """What a unit allows: system calls (`SystemCallFilter=` lines, an allow-list, then what
-    `~` lines take from it), socket families, and whether memory may be writable and
-    executable at once."""
+    """What a unit allows: system calls (`SystemCallFilter=` lines: allow-lists, less what `~`
+    lines take from them), socket families, memory writable and executable at once, and new
+    namespaces."""
 
     def __init__(self, unit: str) -> None:
         self.syscalls: frozenset[str] = frozenset()
         self.families: frozenset[str] = frozenset()
         self.no_wx = False
+        self.no_namespaces = False
         for line in (ROOT / "deploy" / unit).read_text().splitlines():
             key, _, value = line.partition("=")
             if key == "SystemCallFilter":
                 named = frozenset().union(*map(syscall_set, value.lstrip("~").split()))
-                self.syscalls = self.syscalls - named if value.startswith("~") else named
+                self.syscalls = (self.syscalls - named if value.startswith("~")
+                                 else self.syscalls | named)
             elif key == "RestrictAddressFamilies":
                 self.families = frozenset(value.split())
             elif key == "MemoryDenyWriteExecute":
                 self.no_wx = value == "true"
+            elif key == "RestrictNamespaces":
+                self.no_namespaces = value == "true"
         assert self.syscalls, f"{unit} has no SystemCallFilter"
 
 
@@ -126,6 +130,10 @@ def assert_allowed(calls: Calls, unit: str, writable: tuple[str, ...]) -> None:
         both = [f"{name}({args[:80]}" for name, args in calls
                 if name in ("mmap", "mprotect") and "PROT_WRITE" in args and "PROT_EXEC" in args]
         assert both == [], f"memory writable and executable, which {unit} forbids"
+    if sandbox.no_namespaces:
+        made = [f"{name}({args[:80]}" for name, args in calls
+                if name in ("unshare", "setns") or "CLONE_NEW" in args]
+        assert made == [], f"namespaces, which {unit} forbids"
 
 
 def test_the_gateway_makes_only_the_system_calls_its_unit_allows(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import bisect
 import datetime as dt
 import logging
 import os
+import re
+import stat
 from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -302,6 +304,30 @@ async def prepared_batches(
                     batch = _prepare_files(slot[1], max_bytes)
             keep_workers_busy()
             yield batch
+
+
+def delete_stamped(directory: Path, named: re.Pattern[str], stamp: str,
+                   before: dt.datetime) -> list[str]:
+    """Deletes the regular files in `directory` whose names `named` matches whole and whose
+    first group, read with the strftime format `stamp` as UTC, is before `before`; returns
+    their names, sorted. Nothing else is touched: another name, a name whose time does not
+    read, a directory or a symbolic link named so. The retention of the files that lie beside
+    the store and the sinks (rotated JSON Lines files, replaced stores)."""
+    deleted = []
+    for entry in directory.iterdir():
+        found = named.fullmatch(entry.name)
+        if found is None or not stat.S_ISREG(entry.lstat().st_mode):
+            continue
+        try:
+            made = dt.datetime.strptime(found[1], stamp).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        if made < before:
+            entry.unlink()
+            deleted.append(entry.name)
+    if deleted:
+        sync_directory(directory)
+    return sorted(deleted)
 
 
 def sync_directory(path: Path) -> None:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import glob
 import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Final
 
-from adapters.files import sync_directory
+from adapters.files import delete_stamped, sync_directory
 from gateway.ports import OutboxRow
 
 log = logging.getLogger("aes_gateway.jsonl")
@@ -28,19 +28,8 @@ def delete_rotated(target: str, before: dt.datetime) -> list[str]:
     names, which nothing but a rename changes); returns their names. Nothing else in the
     directory is touched: not another sink's files, nor a name that only looks like one."""
     path = Path(target)
-    deleted = []
-    for entry in path.parent.glob(f"{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"):
-        stamp = entry.name[len(path.stem) + 1 : len(entry.name) - len(path.suffix)]
-        try:
-            rotated = dt.datetime.strptime(stamp, ROTATED_STAMP).replace(tzinfo=dt.UTC)
-        except ValueError:
-            continue
-        if rotated < before and entry.is_file():
-            entry.unlink()
-            deleted.append(entry.name)
-    if deleted:
-        sync_directory(path.parent)
-    return sorted(deleted)
+    named = re.compile(re.escape(path.stem) + r"\.(.+)" + re.escape(path.suffix))
+    return delete_stamped(path.parent, named, ROTATED_STAMP, before)
 
 
 class JsonlSink:

@@ -27,7 +27,7 @@ from typing import Final
 import msgspec
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from adapters.files import sync_directory
+from adapters.files import delete_stamped, sync_directory
 from adapters.sqlite_files import (
     COMPANIONS,
     SELECT_SCHEMA_VERSION,
@@ -136,21 +136,10 @@ def restore(copy: Path, store: Path) -> Restored:
 def delete_replaced(store: Path, before: dt.datetime) -> list[str]:
     """Deletes what `restore` moved aside from `store` before `before` (by the time in the
     names, with their `-wal` and `-shm`); returns the names. Every row such a file holds was in
-    the store then, and the store's own purge would have deleted it by `retention_days` after.
-    Nothing else in the directory is touched (nor a directory or symbolic link named so)."""
+    the store then, and the store's own purge would have deleted it by `retention_days` after."""
     prefix = REPLACED_NAME.format(name=store.name, stamp="")
     named = re.compile(re.escape(prefix) + r"(\d{8}T\d{6}Z)(?:-wal|-shm)?")
-    deleted = []
-    for entry in store.parent.iterdir():
-        found = named.fullmatch(entry.name)
-        if found is None or not stat.S_ISREG(entry.lstat().st_mode):
-            continue
-        if dt.datetime.strptime(found[1], STAMP).replace(tzinfo=dt.UTC) < before:
-            entry.unlink()
-            deleted.append(entry.name)
-    if deleted:
-        sync_directory(store.parent)
-    return sorted(deleted)
+    return delete_stamped(store.parent, named, STAMP, before)
 
 
 def _a_store(path: Path, what: str) -> None:

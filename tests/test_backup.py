@@ -390,7 +390,6 @@ def test_restore_refuses_a_backup_of_a_newer_gateway(tmp_path: Path, replayed: P
     assert not list(tmp_path.glob("s.db.replaced-*"))
 
 
-
 def days_ago(days: float, stamp: str) -> str:
     return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).strftime(stamp)
 

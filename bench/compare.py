@@ -1,12 +1,15 @@
 """Replay time of this tree against an earlier revision, run by turns on the same input.
 
-    .venv/bin/python bench/compare.py REV [--runs 5] [--messages 100000]
+    .venv/bin/python bench/compare.py REV [--runs 5] [--messages 100000] [--before-python PATH]
 
 On a machine whose speed drifts (a shared VM), before/after figures taken minutes apart say
 little; runs taken by turns, A B A B ..., share the drift. Each run is `aes-gateway replay`
 of the same simulated files into a fresh store, in a process of its own, importing the code
 of its tree (REV is checked out with `git worktree` into a temporary folder), after one
 unmeasured run of each. Prints every run's seconds and user+sys CPU seconds, then the medians.
+
+`--before-python` runs REV with another interpreter: a second venv holding the old lock file,
+to measure a dependency upgrade (`compare.py HEAD --before-python /tmp/old/bin/python`).
 """
 
 from __future__ import annotations
@@ -41,13 +44,13 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(tree: Path, inbox: Path, scratch: Path) -> tuple[float, float]:
+def run_once(python: str, tree: Path, inbox: Path, scratch: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the replay and its parse worker)."""
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cpu, started = children_cpu(), time.perf_counter()
-    subprocess.run([sys.executable, "-c", REPLAY, str(inbox), str(scratch / "replay.db"),
+    subprocess.run([python, "-c", REPLAY, str(inbox), str(scratch / "replay.db"),
                     str(scratch / "out.jsonl")], cwd=tree, env=env, check=True)
     return time.perf_counter() - started, children_cpu() - cpu
 
@@ -59,6 +62,8 @@ def main() -> None:
     args.add_argument("--messages", type=int, default=100_000)
     args.add_argument("--seed", type=int, default=42)
     args.add_argument("--workdir", type=Path, default=Path("bench/out/replay"))
+    args.add_argument("--before-python", default=sys.executable,
+                      help="the interpreter for REV's runs (default: this one)")
     opts = args.parse_args()
     inbox = simulated_inbox(opts.workdir, opts.messages, opts.seed).resolve()
     with tempfile.TemporaryDirectory(prefix="aes-compare-") as tmp:
@@ -66,13 +71,13 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet",
                         str(before), opts.rev], check=True)
         try:
-            trees = ((opts.rev, before), ("this tree", ROOT))
-            for _, tree in trees:  # unmeasured: warms the page cache and compiles imports
-                run_once(tree, inbox, Path(tmp) / "scratch")
+            trees = ((opts.rev, opts.before_python, before), ("this tree", sys.executable, ROOT))
+            for _, python, tree in trees:  # unmeasured: warms the page cache, compiles imports
+                run_once(python, tree, inbox, Path(tmp) / "scratch")
             times: dict[str, list[tuple[float, float]]] = {opts.rev: [], "this tree": []}
             for run in range(1, opts.runs + 1):
-                for name, tree in trees:
-                    wall, cpu = run_once(tree, inbox, Path(tmp) / "scratch")
+                for name, python, tree in trees:
+                    wall, cpu = run_once(python, tree, inbox, Path(tmp) / "scratch")
                     times[name].append((wall, cpu))
                     print(f"run {run}  {name:12s} {wall:6.2f} s  cpu {cpu:6.2f} s", flush=True)
         finally:

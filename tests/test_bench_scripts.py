@@ -95,9 +95,15 @@ def test_latency_script_slows_the_gateways_fsync_when_asked() -> None:
 
 
 def test_compare_script_runs_both_trees_by_turns(tmp_path: Path) -> None:
+    # the earlier tree's interpreter: a stand-in for a venv with the old lock file
+    calls = tmp_path / "calls"
+    before_python = tmp_path / "python-before"
+    before_python.write_text(f'#!/bin/sh\necho run >> {calls}\nexec {sys.executable} "$@"\n')
+    before_python.chmod(0o755)
     result = bench("compare.py", "HEAD", "--runs", "2", "--messages", "700",
-                   "--workdir", str(tmp_path))
+                   "--workdir", str(tmp_path / "work"), "--before-python", str(before_python))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert calls.read_text().split() == ["run"] * 3  # the warm-up and both of HEAD's runs
     runs = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("run ")]
     assert runs == ["HEAD", "this", "HEAD", "this"]  # by turns
     medians = [line for line in result.stdout.splitlines() if line.startswith("median ")]

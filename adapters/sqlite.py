@@ -51,6 +51,10 @@ BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoi
 # The newest committed outbox rows, kept to hand to relays without reading them back (a relay
 # that is behind them reads the table). About 6 MB at most.
 RECENT_OUTBOX_ROWS: Final = 8192
+# Raw messages read from the quarantine at a time, in bytes, for every row after the first: a
+# page of 500 rows (256 for the quarantine exchange) of oversized messages, each kept up to
+# 16 MiB, would otherwise be 4-8 GB in memory at once.
+QUARANTINE_PAGE_BYTES: Final = 32 * 1024 * 1024
 CLOSE_CHUNK: Final = 5000  # pairing windows closed per statement (15-25 ms of the store)
 
 
@@ -360,8 +364,6 @@ class Store:
         """The quarantine (or the one message `only`, or the rows up to id `upto`) in id order,
         a page at a time: it can hold millions of raw messages when a whole kind of input was
         refused. Without the body, `body` is empty."""
-        columns = SELECT_QUARANTINE if with_body else SELECT_QUARANTINE.replace(
-            ", body FROM", ", X'' FROM")
         after = 0
         while True:
             where, params = "id > ?", [after]
@@ -369,18 +371,39 @@ class Store:
                 if value is not None:
                     where += f" AND {clause}"
                     params.append(value)
-            rows = [QuarantineRow(*row) for row in await self._query(
-                f"{columns} WHERE {where} ORDER BY id LIMIT {int(page)}", params)]
+            rows = await self._quarantine_page(where, params, page, with_body)
             if not rows:
                 return
             yield rows
             after = rows[-1].seq
 
     async def quarantine_after(self, seq: int, limit: int) -> list[QuarantineRow]:
-        rows = await self._query(
-            f"{SELECT_QUARANTINE} WHERE id > ? ORDER BY id LIMIT ?", (seq, limit)
-        )
-        return [QuarantineRow(*row) for row in rows]
+        return await self._quarantine_page("id > ?", [seq], limit)
+
+    async def _quarantine_page(
+        self, where: str, params: list[Any], limit: int, with_body: bool = True,
+    ) -> list[QuarantineRow]:
+        """The first `limit` rows of the quarantine `where` holds, in id order, or fewer: with
+        their bodies, no more than QUARANTINE_PAGE_BYTES after the first row's."""
+        if not with_body:
+            columns = SELECT_QUARANTINE.replace(", body FROM", ", X'' FROM")
+            return [QuarantineRow(*row) for row in await self._query(
+                f"{columns} WHERE {where} ORDER BY id LIMIT {int(limit)}", params)]
+        # length() of a blob is read from its row's header, without the blob itself
+        sizes = await self._query(
+            f"SELECT id, length(body) FROM quarantine WHERE {where} ORDER BY id"
+            f" LIMIT {int(limit)}", params)
+        if not sizes:
+            return []
+        last, total = sizes[0][0], 0
+        for seq, size in sizes[1:]:
+            total += size
+            if total > QUARANTINE_PAGE_BYTES:
+                break
+            last = seq
+        return [QuarantineRow(*row) for row in await self._query(
+            f"{SELECT_QUARANTINE} WHERE {where} AND id <= ? ORDER BY id LIMIT {int(limit)}",
+            [*params, last])]
 
     async def purge(
         self, retention_days: int, quarantine_days: int | None = None,

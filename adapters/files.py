@@ -13,7 +13,7 @@ import re
 import stat
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from itertools import pairwise
 from pathlib import Path
@@ -175,15 +175,33 @@ def _read(path: str | Path, keep: int) -> bytes:
         os.close(fd)
 
 
-def _prepare_files(paths: Sequence[str], max_bytes: int) -> list[Prepared]:
+# Bytes read into one batch after its first file. Simulated traffic stays far below it (8 000
+# messages of 2-4 KB); big files (up to 1 MiB, or 16 MiB kept of an oversized one) make
+# smaller batches instead of a batch of up to 8 000 x 16 MiB in memory.
+BATCH_BYTES: Final = 64 * 1024 * 1024
+
+
+def _prepare_files(
+    paths: Sequence[str], max_bytes: int, batch_bytes: int = BATCH_BYTES
+) -> list[Prepared]:
+    """The first of `paths`, read and parsed, and as many after it as `batch_bytes` allows:
+    the caller reads the rest as a batch of its own."""
     reader = EnvelopeReader(max_bytes=max_bytes)
     read_at = dt.datetime.now(dt.UTC)  # received_at is kept in whole seconds: once a batch
-    return [prepare(FileDelivery(path, read_at, max_bytes).raw, reader) for path in paths]
+    prepared: list[Prepared] = []
+    held = 0
+    for path in paths:
+        if held > batch_bytes:
+            break
+        raw = FileDelivery(path, read_at, max_bytes).raw
+        held += len(raw.body) if prepared else 0
+        prepared.append(prepare(raw, reader))
+    return prepared
 
 
-def _prepare_files_encoded(paths: Sequence[str], max_bytes: int) -> bytes:
+def _prepare_files_encoded(paths: Sequence[str], max_bytes: int, batch_bytes: int) -> bytes:
     """Runs in the worker process: read and parse, return the batch as msgpack."""
-    return pack(_prepare_files(paths, max_bytes))
+    return pack(_prepare_files(paths, max_bytes, batch_bytes))
 
 
 class WorkerBatch(list[Prepared]):
@@ -235,14 +253,16 @@ def batch_bounds(total: int, size: int, smallest: int = RAMP_FROM) -> list[tuple
 
 
 async def prepared_batches(
-    files: Sequence[str], size: int, max_bytes: int, workers: int = 0
+    files: Sequence[str], size: int, max_bytes: int, workers: int = 0,
+    batch_bytes: int = BATCH_BYTES,
 ) -> AsyncIterator[list[Prepared]]:
     """Batches of read and parsed files, in order.
 
     With workers, parsing (the CPU-bound half of replay) runs in worker processes a few
     batches ahead, while this process decides and commits: it uses both cores. When the
     batch it needs next is not ready yet, this process parses the next unclaimed batch itself
-    instead of waiting idle (and keeps it, in order, for later).
+    instead of waiting idle (and keeps it, in order, for later). Files that a batch left out
+    (`batch_bytes`) are parsed here, as the batches that follow it.
     """
     chunks = deque(batch_bounds(len(files), size))  # paths made when a batch's turn comes
 
@@ -250,14 +270,25 @@ async def prepared_batches(
         start, end = chunks.popleft()
         return files[start:end]
 
+    def here(chunk: Sequence[str]) -> tuple[list[Prepared], Sequence[str]]:
+        return _prepare_files(chunk, max_bytes, batch_bytes), chunk
+
+    def with_rest(batch: list[Prepared], chunk: Sequence[str]) -> Iterator[list[Prepared]]:
+        yield batch
+        while len(batch) < len(chunk):
+            chunk = chunk[len(batch):]
+            batch = _prepare_files(chunk, max_bytes, batch_bytes)
+            yield batch
+
     if workers < 1:
         while chunks:
-            yield _prepare_files(take(), max_bytes)
+            for each in with_rest(*here(take())):
+                yield each
         return
     loop = asyncio.get_running_loop()
     with worker_pool(workers) as pool:
         # in file order: a batch parsed here, or one coming from a worker, with its paths
-        slots: deque[tuple[asyncio.Future[bytes], Sequence[str]] | list[Prepared]] = deque()
+        slots: deque[tuple[asyncio.Future[bytes] | list[Prepared], Sequence[str]]] = deque()
 
         broken = False  # a worker died (killed, or out of memory): this process parses the rest
 
@@ -269,41 +300,42 @@ async def prepared_batches(
 
         def keep_workers_busy() -> None:  # a few batches queued per worker
             while (not broken and chunks
-                   and sum(isinstance(s, tuple) for s in slots) < workers + 2):
+                   and sum(not isinstance(s[0], list) for s in slots) < workers + 2):
                 chunk = take()
                 try:
                     slots.append((loop.run_in_executor(pool, _prepare_files_encoded, chunk,
-                                                       max_bytes), chunk))
+                                                       max_bytes, batch_bytes), chunk))
                 except BrokenProcessPool:
                     died()
-                    slots.append(_prepare_files(chunk, max_bytes))
+                    slots.append(here(chunk))
 
         keep_workers_busy()
         while slots or chunks:
             if not slots:  # no workers left to wait for
-                slots.append(_prepare_files(take(), max_bytes))
-            head = slots[0]
-            if isinstance(head, tuple) and not head[0].done() and chunks:
+                slots.append(here(take()))
+            head = slots[0][0]
+            if not isinstance(head, list) and not head.done() and chunks:
                 # rather than wait: parse a later batch here
-                slots.append(_prepare_files(take(), max_bytes))
+                slots.append(here(take()))
                 await asyncio.sleep(0)  # let the worker's result in
                 continue
-            slot = slots.popleft()
+            parsed, chunk = slots.popleft()
             batch: list[Prepared]
-            if isinstance(slot, list):
-                batch = slot
+            if isinstance(parsed, list):
+                batch = parsed
             elif broken:  # the pool is given up, its tasks cancelled: parsed here instead
-                forget(slot[0])
-                batch = _prepare_files(slot[1], max_bytes)
+                forget(parsed)
+                batch = _prepare_files(chunk, max_bytes, batch_bytes)
             else:
                 try:
-                    batch = WorkerBatch(unpack(await from_worker(pool, slot[0])), slot[1],
-                                        max_bytes)
+                    got = unpack(await from_worker(pool, parsed))
+                    batch = WorkerBatch(got, chunk[:len(got)], max_bytes)
                 except BrokenProcessPool:
                     died()
-                    batch = _prepare_files(slot[1], max_bytes)
+                    batch = _prepare_files(chunk, max_bytes, batch_bytes)
             keep_workers_busy()
-            yield batch
+            for each in with_rest(batch, chunk):
+                yield each
 
 
 def delete_stamped(directory: Path, named: re.Pattern[str], stamp: str,

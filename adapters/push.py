@@ -46,6 +46,32 @@ class PushDelivery:
         self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
 
+class Overloaded(Exception):
+    """A push body would take the receiver past its max_held_bytes."""
+
+
+class Held:
+    """The bytes of one push body held in memory, counted against the receiver's budget until
+    `release`. A body held alone fits whatever its size."""
+
+    def __init__(self, receiver: PushReceiver) -> None:
+        self.receiver = receiver
+        self.size = 0
+
+    def grow(self, more: int) -> bool:
+        receiver = self.receiver
+        if (receiver.held > self.size
+                and receiver.held + more > receiver.config.max_held_bytes):
+            return False
+        receiver.held += more
+        self.size += more
+        return True
+
+    def release(self) -> None:
+        self.receiver.held -= self.size
+        self.size = 0
+
+
 class PushReceiver:
     def __init__(
         self, config: PushConfig, intake: asyncio.Queue[Delivery], max_bytes: int
@@ -58,6 +84,7 @@ class PushReceiver:
         self._http: CappedServer | None = None
         self._accepting = True
         self.max_bytes = max_bytes
+        self.held = 0  # bytes of the bodies being read or waiting for their outcomes
         self._clients = ClientRules(config.tls.allowed_clients if config.tls else ())
         app = web.Application()  # the body is read in chunks, and cut at max_bytes
         app.router.add_post(config.path, self._receive)
@@ -72,13 +99,25 @@ class PushReceiver:
                 return web.Response(status=403, text="client certificate not allowed\n")
         if not self._accepting:
             return answer(NOT_NOW, "shutting down")
+        held = Held(self)
+        try:
+            return await self._receive_held(request, held)
+        finally:
+            held.release()
+
+    async def _receive_held(self, request: web.Request, held: Held) -> web.Response:
+        # the declared length, reserved before the body is read
+        if not held.grow(min(request.content_length or 0, oversized_keep(self.max_bytes))):
+            return answer(NOT_NOW, "overloaded")
         try:  # a client that trickles its body must not hold a connection for ever
             async with asyncio.timeout(self.config.timeout_seconds):
-                body = await self._read(request)
+                body = await self._read(request, held)
         except TimeoutError:
             log.warning("push body not received within %.0f s", self.config.timeout_seconds,
                         extra={"source": self.name})
             return answer(NOT_NOW, "body not received in time")
+        except Overloaded:
+            return answer(NOT_NOW, "overloaded")
         self.last_message_at = asyncio.get_running_loop().time()
         delivery = PushDelivery(RawMessage(body, self.name, dt.datetime.now(dt.UTC)), self)
         try:
@@ -93,8 +132,9 @@ class PushReceiver:
             return answer(NOT_NOW, "not stored in time")
         return answer(RECEIVED) if committed else answer(NOT_NOW, "store unavailable")
 
-    async def _read(self, request: web.Request) -> bytes:
+    async def _read(self, request: web.Request, held: Held) -> bytes:
         """The body; of one over the size limit, only as much as shows that (bounded memory).
+        Overloaded when more of it than `held` reserved does not fit the budget.
 
         An oversized message is bad input like any other: quarantined with its reason
         (`too_large`) and answered 20 once that is stored. Refused at the HTTP level (413), BFO
@@ -106,6 +146,8 @@ class PushReceiver:
             if kept < keep:
                 chunks.append(chunk[: keep - kept])
                 kept += len(chunks[-1])
+                if kept > held.size and not held.grow(kept - held.size):
+                    raise Overloaded
         if total > keep:
             log.warning(oversized_said("push body", total, keep), extra={"source": self.name})
         return b"".join(chunks)

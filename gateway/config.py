@@ -76,6 +76,9 @@ class PushSource(Strict, tag_field="type", tag="push"):
     # this long; at most max_connections are open at once, and more are closed as they come.
     idle_seconds: float = 60.0
     max_connections: int = 256
+    # Bytes of push bodies held in memory (read, or waiting for their outcomes) at once; a push
+    # that would go past it is answered 40 (BFO pushes it again later). One alone always fits.
+    max_held_bytes: int = 64 * 1024 * 1024
 
 
 CprMode = Literal["full", "pseudonymised", "omitted"]
@@ -316,9 +319,9 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"sources[{index}]: SASL EXTERNAL with a token needs amqps://")
         if isinstance(source, PushSource) and (
                 not source.timeout_seconds > 0 or not source.idle_seconds > 0
-                or source.max_connections < 1):
+                or source.max_connections < 1 or source.max_held_bytes < 1):
             raise ConfigError(f"sources[{index}]: timeout_seconds and idle_seconds must be above "
-                              "0, max_connections at least 1")
+                              "0, max_connections and max_held_bytes at least 1")
     if not config.http.idle_seconds > 0 or config.http.max_connections < 1:
         raise ConfigError("http: idle_seconds must be above 0, max_connections at least 1")
     for index, sink in enumerate(config.sinks):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -43,6 +43,17 @@ async def post(url: str, body: bytes, ssl_context: ssl.SSLContext | None = None)
     async with aiohttp.ClientSession() as session, session.post(
         url, data=body, ssl=ssl_context if ssl_context else False
     ) as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def post_chunked(url: str, body: bytes) -> str:
+    """`body` with chunked transfer encoding: no Content-Length."""
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 16 * 1024):
+            yield body[start:start + 16 * 1024]
+
+    async with aiohttp.ClientSession() as session, session.post(url, data=chunks()) as response:
         assert response.status == 200
         return await response.text()
 
@@ -227,6 +238,43 @@ def test_push_answers_40_when_overloaded() -> None:
             await receiver.close()
 
     assert asyncio.run(scenario()) == 40
+
+
+def test_push_answers_40_past_max_held_bytes_and_takes_what_fits() -> None:
+    """Until stop 24 every connection could hold a body: up to 256 x 16 MiB at once."""
+    big = PUSH_BODY + b" " * 60_000  # whitespace after the root: the same message
+
+    async def scenario() -> tuple[list[str], list[int]]:
+        intake: asyncio.Queue[Delivery] = asyncio.Queue()  # never decided: the bodies stay held
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        config = cfg.PushSource(listen=f"127.0.0.1:{port}", timeout_seconds=1.0,
+                                max_held_bytes=100_000)
+        receiver = PushReceiver(config, intake, 1 << 20)
+        await receiver.start(asyncio.Event())
+        try:
+            first = asyncio.create_task(post(url, big))  # held until it times out
+            await asyncio.wait_for(intake.get(), 5)  # and read: the intake has it
+            sizes = [receiver.held]
+            second = await post(url, big)  # does not fit beside the first: refused at once
+            sizes.append(intake.qsize())
+            chunked = await post_chunked(url, big)  # no length to reserve: refused as read
+            sizes.append(intake.qsize())
+            small = asyncio.create_task(post(url, PUSH_BODY))  # fits beside it
+            answers = [await first, second, chunked, await small]
+            sizes.append(intake.qsize())
+            answers.append(await post(url, big))  # the first is let go: fits again
+            sizes += [intake.qsize(), receiver.held]
+            return answers, sizes
+        finally:
+            await receiver.close()
+
+    answers, sizes = asyncio.run(scenario())
+    texts = [answer.split("<FejlbeskedTekst>")[1].split("<")[0] for answer in answers]
+    assert [status_code(answer) for answer in answers] == [40] * 5
+    assert texts == ["not stored in time", "overloaded", "overloaded", "not stored in time",
+                     "not stored in time"]
+    assert sizes == [len(big), 0, 0, 1, 2, 0]
 
 
 def test_health_and_readiness(tmp_path: Path) -> None:

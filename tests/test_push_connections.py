@@ -102,7 +102,10 @@ def check_log(workdir: Path, limit: int, count: int) -> None:
     refusals = [line for line in lines if "refused" in str(line["msg"])]
     assert len(refusals) == 2, "the first at once, the rest counted in a line at the stop"
     refused = sum(int(line["refused"]) for line in refusals)  # type: ignore[call-overload]
-    assert limit < refused <= count - limit, "the idle ones closed meanwhile made room for others"
+    # How many are refused depends on how fast the gateway accepts while the flood comes: once
+    # (stop 24, `make test` on a busy machine) 10 of 1 100 at a limit of 16, so no lower bound
+    # but one.
+    assert 0 < refused <= count - limit, "the idle ones closed meanwhile made room for others"
     assert len(lines) < 30
 
 

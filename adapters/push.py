@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from aiohttp import web
@@ -74,9 +74,11 @@ class Held:
 
 class PushReceiver:
     def __init__(
-        self, config: PushConfig, intake: asyncio.Queue[Delivery], max_bytes: int
+        self, config: PushConfig, intake: asyncio.Queue[Delivery], max_bytes: int,
+        on_not_now: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.config = config
+        self.on_not_now = on_not_now  # called with the reason of each answer 40 (PUSH_NOT_NOW)
         self.intake = intake
         self.name = source_name(config)
         self.connected = False
@@ -98,7 +100,7 @@ class PushReceiver:
                             extra={"source": self.name, "subject": subject_text(cert)})
                 return web.Response(status=403, text="client certificate not allowed\n")
         if not self._accepting:
-            return answer(NOT_NOW, "shutting down")
+            return self._not_now("shutting_down", "shutting down")
         held = Held(self)
         try:
             return await self._receive_held(request, held)
@@ -108,29 +110,34 @@ class PushReceiver:
     async def _receive_held(self, request: web.Request, held: Held) -> web.Response:
         # the declared length, reserved before the body is read
         if not held.grow(min(request.content_length or 0, oversized_keep(self.max_bytes))):
-            return answer(NOT_NOW, "overloaded")
+            return self._not_now("held_bytes", "overloaded")
         try:  # a client that trickles its body must not hold a connection for ever
             async with asyncio.timeout(self.config.timeout_seconds):
                 body = await self._read(request, held)
         except TimeoutError:
             log.warning("push body not received within %.0f s", self.config.timeout_seconds,
                         extra={"source": self.name})
-            return answer(NOT_NOW, "body not received in time")
+            return self._not_now("body_timeout", "body not received in time")
         except Overloaded:
-            return answer(NOT_NOW, "overloaded")
+            return self._not_now("held_bytes", "overloaded")
         self.last_message_at = asyncio.get_running_loop().time()
         delivery = PushDelivery(RawMessage(body, self.name, dt.datetime.now(dt.UTC)), self)
         try:
             self.intake.put_nowait(delivery)
         except asyncio.QueueFull:
-            return answer(NOT_NOW, "overloaded")
+            return self._not_now("intake_full", "overloaded")
         try:
             committed = await asyncio.wait_for(
                 asyncio.shield(delivery.done), self.config.timeout_seconds
             )
         except TimeoutError:
-            return answer(NOT_NOW, "not stored in time")
-        return answer(RECEIVED) if committed else answer(NOT_NOW, "store unavailable")
+            return self._not_now("commit_timeout", "not stored in time")
+        return answer(RECEIVED) if committed else self._not_now("store_failed",
+                                                                "store unavailable")
+
+    def _not_now(self, reason: str, text: str) -> web.Response:
+        self.on_not_now(reason)
+        return answer(NOT_NOW, text)
 
     async def _read(self, request: web.Request, held: Held) -> bytes:
         """The body; of one over the size limit, only as much as shows that (bounded memory).

@@ -37,10 +37,12 @@ log = logging.getLogger("aes_gateway.runtime")
 
 
 def _source(
-    spec: cfg.AmqpSource | cfg.PushSource, intake: asyncio.Queue[Delivery], max_bytes: int
+    spec: cfg.AmqpSource | cfg.PushSource, intake: asyncio.Queue[Delivery], max_bytes: int,
+    metrics: Metrics,
 ) -> Source:
     if isinstance(spec, cfg.PushSource):
-        return PushReceiver(spec, intake, max_bytes)
+        return PushReceiver(spec, intake, max_bytes,
+                            metrics.push_source(cfg.source_name(spec)))
     name = f"source {cfg.source_name(spec)}"  # the connection's, in the broker
     if spec.sts is not None:
         from adapters.sts import token_connector  # only the Beskedfordeler needs it
@@ -273,7 +275,8 @@ async def run(
                             [metrics.observe, clock.observe],
                             parse_pool=pool)
         intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.store.batch_size * 4)
-        sources = [_source(s, intake, config.matching.max_message_bytes) for s in config.sources]
+        sources = [_source(s, intake, config.matching.max_message_bytes, metrics)
+                   for s in config.sources]
         relays: list[Relay] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         for spec in config.sinks:

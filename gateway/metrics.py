@@ -7,7 +7,7 @@ case id: labels are versions, outcomes, kinds, methods, reasons and sink or sour
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -21,6 +21,11 @@ LAG_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 8640
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 VERSIONS = (Version.V2_2.value, Version.V3_0.value, "unknown")
 PAIR_OUTCOMES = ("both", "only_2_2", "only_3_0")
+# why a push was answered 40: the receiver is stopping, the intake is full, the bodies held
+# are at max_held_bytes, the body or the outcome did not come within timeout_seconds, the
+# store failed
+PUSH_NOT_NOW = ("shutting_down", "intake_full", "held_bytes", "body_timeout", "commit_timeout",
+                "store_failed")
 
 
 class Metrics:
@@ -75,6 +80,10 @@ class Metrics:
                                     registry=registry)
         self.throttled = Gauge("aes_gateway_intake_throttled",
                                "1 while a lagging sink holds the intake back", registry=registry)
+        self.push_not_now = Counter(
+            "aes_gateway_push_not_now",
+            "Pushes answered StatusKode 40 (cannot receive now; BFO pushes them again later)",
+            ["source", "reason"], registry=registry)
         Info("aes_gateway_build", "Version of aes-gateway", registry=registry).info(
             {"version": version()})
         self._zero()
@@ -94,6 +103,12 @@ class Metrics:
             self.lag.labels(version)
             for reason in Reason:
                 self.quarantined.labels(version, reason.value)
+
+    def push_source(self, source: str) -> Callable[[str], None]:
+        """What a push receiver calls with the reason of each answer 40 (PUSH_NOT_NOW)."""
+        for reason in PUSH_NOT_NOW:
+            self.push_not_now.labels(source, reason)
+        return lambda reason: self.push_not_now.labels(source, reason).inc()
 
     def observe(self, batch: Sequence[Prepared], results: Sequence[Result]) -> None:
         """The pipeline's result hook: one outcome per message, the same as it was acked on."""

@@ -17,6 +17,7 @@ from adapters.push import PushReceiver
 from adapters.runtime import run
 from adapters.sqlite import Store
 from gateway import config as cfg
+from gateway.metrics import PUSH_NOT_NOW
 from gateway.pipeline import Pipeline
 from gateway.ports import Delivery
 from gateway.service import Service
@@ -230,14 +231,17 @@ def test_push_answers_40_when_overloaded() -> None:
         intake: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=1)
         intake.put_nowait(object())  # type: ignore[arg-type] - the intake is already full
         port = free_port()
-        receiver = PushReceiver(cfg.PushSource(listen=f"127.0.0.1:{port}"), intake, 1 << 20)
+        receiver = PushReceiver(cfg.PushSource(listen=f"127.0.0.1:{port}"), intake, 1 << 20,
+                                reasons.append)
         await receiver.start(asyncio.Event())
         try:
             return status_code(await post(f"http://127.0.0.1:{port}/", PUSH_BODY))
         finally:
             await receiver.close()
 
+    reasons: list[str] = []
     assert asyncio.run(scenario()) == 40
+    assert reasons == ["intake_full"]
 
 
 def test_push_answers_40_past_max_held_bytes_and_takes_what_fits() -> None:
@@ -250,7 +254,7 @@ def test_push_answers_40_past_max_held_bytes_and_takes_what_fits() -> None:
         url = f"http://127.0.0.1:{port}/"
         config = cfg.PushSource(listen=f"127.0.0.1:{port}", timeout_seconds=1.0,
                                 max_held_bytes=100_000)
-        receiver = PushReceiver(config, intake, 1 << 20)
+        receiver = PushReceiver(config, intake, 1 << 20, reasons.append)
         await receiver.start(asyncio.Event())
         try:
             first = asyncio.create_task(post(url, big))  # held until it times out
@@ -269,12 +273,15 @@ def test_push_answers_40_past_max_held_bytes_and_takes_what_fits() -> None:
         finally:
             await receiver.close()
 
+    reasons: list[str] = []
     answers, sizes = asyncio.run(scenario())
     texts = [answer.split("<FejlbeskedTekst>")[1].split("<")[0] for answer in answers]
     assert [status_code(answer) for answer in answers] == [40] * 5
     assert texts == ["not stored in time", "overloaded", "overloaded", "not stored in time",
                      "not stored in time"]
     assert sizes == [len(big), 0, 0, 1, 2, 0]
+    assert sorted(reasons) == sorted(["commit_timeout", "held_bytes", "held_bytes",
+                                      "commit_timeout", "commit_timeout"])  # the metric's
 
 
 def test_health_and_readiness(tmp_path: Path) -> None:
@@ -317,6 +324,9 @@ def test_health_and_readiness(tmp_path: Path) -> None:
     assert ready == 503  # a stalled sink: not ready
     assert body["sinks_stalled"]
     assert 'aes_gateway_messages_total{outcome="emitted",version="3.0"} 1.0' in metrics
+    for reason in PUSH_NOT_NOW:  # there from the start, for rates and alerts
+        assert (f'aes_gateway_push_not_now_total{{reason="{reason}",'
+                f'source="push:127.0.0.1:{port}"}} 0.0') in metrics
 
 
 def test_a_body_that_does_not_arrive_in_time_is_answered_40(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit services bench clean
+.PHONY: demo test lint typecheck unit services bench lock clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -34,5 +34,16 @@ services:
 bench: $(STAMP)
 	$(BIN)/python bench/replay.py
 
+# Both lock files brought up to the newest releases pyproject.toml allows, with pip-tools in a
+# venv of its own (a tool, not a dependency). Then measure against the old lock (README).
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --disable-pip-version-check pip-tools
+	.venv-lock/bin/pip-compile --quiet --upgrade --no-emit-find-links --no-emit-index-url \
+	  --output-file=requirements.lock --strip-extras pyproject.toml
+	.venv-lock/bin/pip-compile --quiet --upgrade --extra=dev --no-emit-find-links \
+	  --no-emit-index-url --output-file=requirements-dev.lock --strip-extras pyproject.toml
+	rm -rf .venv-lock
+
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock .demo .pytest_cache .mypy_cache .ruff_cache

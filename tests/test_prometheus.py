@@ -89,7 +89,8 @@ scrape_configs:
         try:
             await brokers.publish(topo.q22, [m.body for m in sim.messages
                                              if m.version is Version.V2_2])
-            config = cfg.parse(brokers.config_toml(topo, str(tmp_path / "g.db")).replace(
+            push = f'[[sources]]\ntype = "push"\nlisten = "127.0.0.1:{free_port()}"\n'
+            config = cfg.parse(brokers.config_toml(topo, str(tmp_path / "g.db"), push).replace(
                 'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{gateway_port}"'))
             service = asyncio.create_task(run(config, stop=stop))
             await asyncio.sleep(3)

@@ -175,10 +175,12 @@ def _read(path: str | Path, keep: int) -> bytes:
         os.close(fd)
 
 
-# Bytes read into one batch after its first file. Simulated traffic stays far below it (8 000
-# messages of 2-4 KB); big files (up to 1 MiB, or 16 MiB kept of an oversized one) make
-# smaller batches instead of a batch of up to 8 000 x 16 MiB in memory.
-BATCH_BYTES: Final = 64 * 1024 * 1024
+# Bytes read into one batch after its first file. Simulated traffic stays below it (8 000
+# messages of 1.6 KB on average: 12.8 MB); messages of 4 KB make batches of about 4 000, and
+# big ones (up to 1 MiB, or 16 MiB kept of an oversized one) smaller batches still, instead
+# of up to 8 000 x 16 MiB in memory. Each file's parsed fields and canonical event are held
+# beside its bytes, so a batch takes a few times this.
+BATCH_BYTES: Final = 16 * 1024 * 1024
 
 
 def _prepare_files(

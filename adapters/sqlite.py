@@ -49,8 +49,10 @@ T = TypeVar("T")
 
 BULK_CHECKPOINT_PAGES: Final = 16384  # of 4 KiB: 64 MiB of WAL between checkpoints
 # The newest committed outbox rows, kept to hand to relays without reading them back (a relay
-# that is behind them reads the table). About 6 MB at most.
+# that is behind them reads the table): this many at most, about 6 MB of typical events, and
+# never more than RECENT_OUTBOX_BYTES of bodies (an event's texts can be 64 KiB each).
 RECENT_OUTBOX_ROWS: Final = 8192
+RECENT_OUTBOX_BYTES: Final = 16 * 1024 * 1024
 # Raw messages read from the quarantine at a time, in bytes, for every row after the first: a
 # page of 500 rows (256 for the quarantine exchange) of oversized messages, each kept up to
 # 16 MiB, would otherwise be 4-8 GB in memory at once.
@@ -77,7 +79,8 @@ class Store:
         # outbox) must never run inside a batch's open transaction and see rows that a
         # rollback takes back. Every statement goes through the lock, transactions whole.
         self._lock = asyncio.Lock()
-        self._recent: deque[OutboxRow] = deque(maxlen=RECENT_OUTBOX_ROWS)  # committed only
+        self._recent: deque[OutboxRow] = deque()  # committed only
+        self._recent_bytes = 0  # of their bodies
         self._retrying: dict[RawMessage, list[QuarantineRow]] = {}  # by the message retried
         self._retrying_keys: set[str] = set()  # their message keys
         self._claimed: int | None = None  # the lock file's descriptor, if this one decides
@@ -195,9 +198,18 @@ class Store:
         for raw in raws:
             for row in retrying.pop(raw, ()):
                 self._retrying_keys.discard(row.message_key)
-        if self._recent and rows and rows[0].seq != self._recent[-1].seq + 1:
-            self._recent.clear()  # a gap (another writer?): keep only contiguous rows
-        self._recent.extend(rows)
+        self._keep_recent(rows)
+
+    def _keep_recent(self, rows: list[OutboxRow]) -> None:
+        recent = self._recent
+        if recent and rows and rows[0].seq != recent[-1].seq + 1:
+            recent.clear()  # a gap (another writer?): keep only contiguous rows
+            self._recent_bytes = 0
+        recent.extend(rows)
+        self._recent_bytes += sum(len(row.body) for row in rows)
+        while recent and (len(recent) > RECENT_OUTBOX_ROWS
+                          or self._recent_bytes > RECENT_OUTBOX_BYTES):
+            self._recent_bytes -= len(recent.popleft().body)
 
     # --- relaying the outbox ----------------------------------------------------------------
 

@@ -22,7 +22,9 @@ def explain(config: Config) -> list[str]:
         else:
             scheme = "https" if source.tls else "http"
             lines.append(f"source: push receiver on {scheme}://{source.listen}{source.path} "
-                         + bounds(source.max_connections, source.idle_seconds))
+                         + bounds(source.max_connections, source.idle_seconds)
+                         + f", {source.max_held_bytes / 2**20:g} MiB of bodies held at most"
+                         " (past it: 40)")
     for sink in config.sinks:
         if isinstance(sink, AmqpSink):
             what = (f"AMQP exchange {sink.exchange!r} at {redact(sink.url)}"

@@ -159,6 +159,19 @@ def test_config_check_explains_without_showing_passwords(tmp_path: Path) -> None
     assert "http: 127.0.0.1:9464 (up to 32 connections, idle ones closed after 120 s)" in out
 
 
+def test_config_check_says_what_bounds_a_push_receiver(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(MINIMAL + '[[sources]]\ntype = "push"\nlisten = "127.0.0.1:8080"\n'
+                    "max_held_bytes = 8388608\n")
+    out = run_cli("config", "check", str(path)).stdout
+    assert ("source: push receiver on http://127.0.0.1:8080/ (up to 256 connections, idle "
+            "ones closed after 60 s), 8 MiB of bodies held at most (past it: 40)") in out
+    path.write_text(MINIMAL + '[[sources]]\ntype = "push"\nmax_held_bytes = 0\n')
+    refused = run_cli("config", "check", str(path), check=False)
+    assert refused.returncode == 2
+    assert "max_held_bytes at least 1" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("mode", "refused"),
     [("0640", None), ("640", None), ("0600", None),

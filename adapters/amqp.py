@@ -39,6 +39,13 @@ Connector = Callable[[], Awaitable[AbstractRobustConnection]]
 Properties = aiormq.spec.Basic.Properties
 PERSISTENT: Final = 2  # delivery mode: written to disk by the broker
 AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+# A mailbox is consumed with a prefetch of START_PREFETCH at first, and with its `prefetch`
+# once WIDEN_AFTER messages were settled at SMALL_MESSAGE bytes or less on average. Each
+# message in flight is held whole, so a backlog of big ones (met again after an out-of-memory
+# kill) comes a few at a time, not `prefetch` x 16 MiB at once.
+START_PREFETCH: Final = 10
+WIDEN_AFTER: Final = 100
+SMALL_MESSAGE: Final = 64 * 1024
 
 
 def client_properties(name: str) -> FieldTable:
@@ -152,6 +159,9 @@ class AmqpSource:
         # in the batch.
         self._outstanding: dict[int, set[int]] = {}
         self._in_order = asyncio.Lock()  # FIFO: deliveries reach the intake in broker order
+        self.window = min(config.prefetch, START_PREFETCH)  # the consumer's prefetch
+        self._narrow = [0, 0]  # messages settled while the window is narrow, and their bytes
+        self._widening: asyncio.Task[None] | None = None
 
     async def start(self, stop: asyncio.Event, max_backoff_s: float = 30.0) -> bool:
         """Connect and consume; until `stop`, retry a mailbox that does not exist (yet)."""
@@ -163,7 +173,7 @@ class AmqpSource:
         while not stop.is_set():
             channel = await self._connection.channel()
             try:
-                await channel.set_qos(prefetch_count=self.config.prefetch)
+                await channel.set_qos(prefetch_count=self.window)
                 # A robust channel restores (after a reconnect) only the queues it declared,
                 # with their consumers. The declare is passive: a mailbox is the
                 # Beskedfordeler's to create, never the gateway's.
@@ -211,10 +221,34 @@ class AmqpSource:
         async with self._in_order:
             await self.intake.put(delivery)  # bounded: backpressure
 
+    async def _widen(self) -> None:
+        """Consume with the full prefetch. A basic.qos applies to the consumers started after
+        it, so a new consumer is started before the old one is cancelled: the mailbox is
+        consumed all along."""
+        channel, queue, old = self._channel, self._queue, self._consumer_tag
+        try:
+            if channel is None or queue is None or old is None or not self.connected:
+                return  # tried again at a later settle
+            async with asyncio.timeout(10):
+                await channel.set_qos(prefetch_count=self.config.prefetch)
+                self._consumer_tag = await queue.consume(self._on_message, no_ack=False)
+                self.window = self.config.prefetch
+                await queue.cancel(old)
+            log.info("mailbox consumed with prefetch %d: its messages are small", self.window,
+                     extra={"source": self.name})
+        except AMQP_ERRORS as exc:
+            log.info("prefetch not widened yet (%r)", exc, extra={"source": self.name})
+        finally:
+            self._widening = None
+
     async def stop_consuming(self) -> None:
         """Cancel the consumer. Not while the broker is away: aio-pika would wait for it to
         come back (a SIGTERM during an outage never finished), and there is no consumer on
         the broker to cancel."""
+        if self._widening is not None:
+            self._widening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._widening
         if self._queue is not None and self._consumer_tag is not None and self.connected:
             try:
                 async with asyncio.timeout(5):
@@ -224,6 +258,8 @@ class AmqpSource:
         self._consumer_tag = None
 
     async def close(self) -> None:
+        if self._widening is not None:
+            self._widening.cancel()
         self._consumer_tag = None
         if self._connection is not None:
             await self._connection.close()
@@ -237,6 +273,14 @@ class AmqpSource:
     async def _settle(self, deliveries: Sequence[Delivery], ack: bool) -> None:
         """Ack (or nack for redelivery) the deliveries, and forget them as outstanding."""
         plan = self._plan(deliveries)
+        if self.window < self.config.prefetch and self._widening is None:
+            self._narrow[0] += len(deliveries)
+            self._narrow[1] += sum(len(delivery.raw.body) for delivery in deliveries)
+            if self._narrow[0] >= WIDEN_AFTER:  # judged by each WIDEN_AFTER messages anew
+                if self._narrow[1] <= SMALL_MESSAGE * self._narrow[0]:
+                    self._widening = asyncio.create_task(self._widen(),
+                                                         name=f"widen {self.name}")
+                self._narrow = [0, 0]
         for key, messages in _by_channel(deliveries).items():
             outstanding = self._outstanding.get(key)
             if outstanding is not None:

@@ -15,10 +15,18 @@ import logging
 
 import pytest
 
+import adapters.amqp
 from adapters.amqp import AmqpSource, plain_connector
 from gateway import config as cfg
 from gateway.ports import Delivery
 from tests import brokers
+
+
+@pytest.fixture(autouse=True)
+def full_prefetch_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These hold up to `prefetch` deliveries unsettled at once; the narrow start
+    (test_amqp_prefetch.py) would hold back all but 10 of them."""
+    monkeypatch.setattr(adapters.amqp, "START_PREFETCH", 1000)
 
 
 async def _consume(

@@ -160,7 +160,8 @@ class AmqpSource:
         self._outstanding: dict[int, set[int]] = {}
         self._in_order = asyncio.Lock()  # FIFO: deliveries reach the intake in broker order
         self.window = min(config.prefetch, START_PREFETCH)  # the consumer's prefetch
-        self._narrow = [0, 0]  # messages settled while the window is narrow, and their bytes
+        # messages settled while the window is narrow, and their bytes: WIDEN_AFTER at a time
+        self._narrow_count = self._narrow_bytes = 0
         self._widening: asyncio.Task[None] | None = None
 
     async def start(self, stop: asyncio.Event, max_backoff_s: float = 30.0) -> bool:
@@ -274,13 +275,13 @@ class AmqpSource:
         """Ack (or nack for redelivery) the deliveries, and forget them as outstanding."""
         plan = self._plan(deliveries)
         if self.window < self.config.prefetch and self._widening is None:
-            self._narrow[0] += len(deliveries)
-            self._narrow[1] += sum(len(delivery.raw.body) for delivery in deliveries)
-            if self._narrow[0] >= WIDEN_AFTER:  # judged by each WIDEN_AFTER messages anew
-                if self._narrow[1] <= SMALL_MESSAGE * self._narrow[0]:
+            self._narrow_count += len(deliveries)
+            self._narrow_bytes += sum(len(delivery.raw.body) for delivery in deliveries)
+            if self._narrow_count >= WIDEN_AFTER:  # judged by each WIDEN_AFTER messages anew
+                if self._narrow_bytes <= SMALL_MESSAGE * self._narrow_count:
                     self._widening = asyncio.create_task(self._widen(),
                                                          name=f"widen {self.name}")
-                self._narrow = [0, 0]
+                self._narrow_count = self._narrow_bytes = 0
         for key, messages in _by_channel(deliveries).items():
             outstanding = self._outstanding.get(key)
             if outstanding is not None:

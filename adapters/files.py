@@ -272,14 +272,17 @@ async def prepared_batches(
         start, end = chunks.popleft()
         return files[start:end]
 
+    def parse(chunk: Sequence[str]) -> list[Prepared]:  # in this process
+        return _prepare_files(chunk, max_bytes, batch_bytes)
+
     def here(chunk: Sequence[str]) -> tuple[list[Prepared], Sequence[str]]:
-        return _prepare_files(chunk, max_bytes, batch_bytes), chunk
+        return parse(chunk), chunk
 
     def with_rest(batch: list[Prepared], chunk: Sequence[str]) -> Iterator[list[Prepared]]:
         yield batch
         while len(batch) < len(chunk):
             chunk = chunk[len(batch):]
-            batch = _prepare_files(chunk, max_bytes, batch_bytes)
+            batch = parse(chunk)
             yield batch
 
     if workers < 1:
@@ -327,14 +330,14 @@ async def prepared_batches(
                 batch = parsed
             elif broken:  # the pool is given up, its tasks cancelled: parsed here instead
                 forget(parsed)
-                batch = _prepare_files(chunk, max_bytes, batch_bytes)
+                batch = parse(chunk)
             else:
                 try:
                     got = unpack(await from_worker(pool, parsed))
                     batch = WorkerBatch(got, chunk[:len(got)], max_bytes)
                 except BrokenProcessPool:
                     died()
-                    batch = _prepare_files(chunk, max_bytes, batch_bytes)
+                    batch = parse(chunk)
             keep_workers_busy()
             for each in with_rest(batch, chunk):
                 yield each

@@ -131,3 +131,15 @@ def test_bounds_script_runs_every_mode_by_turns_and_decides_alike(tmp_path: Path
     assert all("of the ceiling" in line for line in medians)
     emitted = next(line for line in lines if line.startswith("emitted "))
     assert emitted.endswith("(alike)"), emitted  # the bound without a store decides as replay
+
+
+def test_memory_script_runs_every_case(tmp_path: Path) -> None:
+    result = bench("memory.py", "--count", "2", "--size", "2000000", "--workdir", str(tmp_path),
+                   timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "replay-files", "replay-files", "replay-texts", "quarantine", "mailbox", "push"]
+    assert all(re.search(r"peak RSS [1-9]\d* MB", line) for line in lines)
+    assert "0 left, exit 0" in lines[4]
+    assert re.search(r"2 x 2.0 MB at once: .*, \d+ posts", lines[5])

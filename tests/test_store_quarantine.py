@@ -59,7 +59,7 @@ def test_the_relay_reads_the_first_row_and_then_no_more_than_the_page_bytes(
     assert one == first[:1]
 
 
-def test_a_row_bigger_than_a_page_comes_alone_and_whole(tmp_path: Path) -> None:
+def test_a_row_bigger_than_a_page_comes_whole(tmp_path: Path) -> None:
     async def run() -> list[list[QuarantineRow]]:
         async with await quarantined(tmp_path / "q.db", [3 * PAGE, 100, 3 * PAGE]) as store:
             return [page async for page in store.quarantined_pages()]
